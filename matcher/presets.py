@@ -1,0 +1,117 @@
+"""Named settings for every stage, in the manner of hloc's ``confs``.
+
+A pipeline preset names an extractor, a matcher and a verifier preset. Each
+stage's settings are plain dicts; their JSON form (see :func:`settings_key`)
+is part of every cache key, so changing any value invalidates exactly the
+entries it affects.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+
+# Images are rescaled so their area is close to ``target_area`` pixels (never
+# upscaled more than ``max_upscale``), then each side is rounded to a multiple of
+# ``multiple``. The working size depends on the image alone, so a feature never
+# depends on which other images share its batch.
+EXTRACTORS: dict[str, dict] = {
+    "disk": {
+        "model": "disk",
+        "weights": "depth",
+        "max_keypoints": 1024,
+        "target_area": 640 * 224,
+        "max_upscale": 2.0,
+        "multiple": 16,
+    },
+    "aliked": {
+        "model": "aliked",
+        "weights": "aliked-n16",
+        "max_keypoints": 1024,
+        "detection_threshold": 0.0,
+        "target_area": 640 * 224,
+        "max_upscale": 2.0,
+        "multiple": 32,
+    },
+    "sift": {
+        "model": "sift",
+        "rootsift": True,
+        "max_keypoints": 2048,
+        "target_area": 640 * 224,
+        "max_upscale": 2.0,
+        "multiple": 1,
+    },
+}
+
+MATCHERS: dict[str, dict] = {
+    "mnn": {"model": "mnn", "min_similarity": 0.0},
+    "lightglue-disk": {"model": "lightglue", "features": "disk", "filter_threshold": 0.1},
+    "lightglue-aliked": {"model": "lightglue", "features": "aliked", "filter_threshold": 0.1},
+}
+
+VERIFIERS: dict[str, dict] = {
+    # Affine by default: a whale's back (from a drone) or flank (from a boat) is a
+    # nearly flat patch seen from far away, so two photos of it differ by an
+    # affine map (translation, rotation, scale, the shear of a tilted camera or a
+    # bending body). A homography's two extra perspective terms buy nothing at
+    # that distance and let RANSAC fit chance matches on these small crops.
+    "affine": {
+        "model": "affine",
+        "threshold": 6.0,
+        "max_iters": 2000,
+        "confidence": 0.999,
+        "min_matches": 6,
+        "seed": 0,
+        "score_scale": 20.0,
+    },
+    "homography": {
+        "model": "homography",
+        "threshold": 6.0,
+        "max_iters": 2000,
+        "confidence": 0.999,
+        "min_matches": 8,
+        "seed": 0,
+        "score_scale": 20.0,
+    },
+}
+
+PIPELINES: dict[str, dict] = {
+    "disk-mnn": {"extractor": "disk", "matcher": "mnn", "verifier": "affine"},
+    "disk-lightglue": {"extractor": "disk", "matcher": "lightglue-disk", "verifier": "affine"},
+    "aliked-lightglue": {"extractor": "aliked", "matcher": "lightglue-aliked", "verifier": "affine"},
+    "aliked-mnn": {"extractor": "aliked", "matcher": "mnn", "verifier": "affine"},
+    "sift-mnn": {"extractor": "sift", "matcher": "mnn", "verifier": "affine"},
+}
+
+DEFAULT_PIPELINE = "disk-mnn"
+
+
+def settings_key(name: str, conf: dict) -> str:
+    """``name-<12 hex>``: a short, stable identifier of exactly these settings."""
+    blob = json.dumps(conf, sort_keys=True, separators=(",", ":"))
+    return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def resolve(pipeline: str) -> dict:
+    """The full settings of a pipeline preset: ``{extractor, matcher, verifier}`` dicts with names."""
+    if pipeline not in PIPELINES:
+        raise KeyError(f"unknown preset {pipeline!r}; choose one of {', '.join(sorted(PIPELINES))}")
+    names = PIPELINES[pipeline]
+    return {
+        "name": pipeline,
+        "extractor": {"name": names["extractor"], **copy.deepcopy(EXTRACTORS[names["extractor"]])},
+        "matcher": {"name": names["matcher"], **copy.deepcopy(MATCHERS[names["matcher"]])},
+        "verifier": {"name": names["verifier"], **copy.deepcopy(VERIFIERS[names["verifier"]])},
+    }
+
+
+def feature_key(conf: dict) -> str:
+    """Cache key part for an extractor's settings."""
+    return settings_key(conf["name"], conf)
+
+
+def verdict_key(conf: dict) -> str:
+    """Cache key part for a pair verdict: what produced the features, the matches and the model."""
+    parts = {"extractor": conf["extractor"], "matcher": conf["matcher"], "verifier": conf["verifier"]}
+    return settings_key(f"{conf['extractor']['name']}+{conf['matcher']['name']}+{conf['verifier']['name']}", parts)
