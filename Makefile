@@ -1,5 +1,6 @@
 # whalematch: everyday commands. Settings can be given on the command line, e.g.
 #   make data-subset CATALOGUE=/path/to/belugas
+SHELL := /bin/bash
 PYTHON_BASE ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
