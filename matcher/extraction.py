@@ -1,12 +1,24 @@
-"""The feature stage: features per image content hash, from the cache or freshly extracted."""
+"""The feature stage: features per image content hash, from the cache or freshly extracted.
+
+The images to extract are put in order of their working size (read from the file
+header, without decoding), so that images of equal working size arrive together
+and fill the extractor's batches; the next chunk of images is decoded in a thread
+pool while the network runs on the current one (Pillow releases the GIL while it
+decodes); cache entries are written in order from the calling thread (about a
+millisecond each), so a killed run leaves at most one temporary file. The order
+only changes which images share a batch, never what an image's features are.
+"""
 
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from PIL import Image
 from tqdm.auto import tqdm
 
+from . import device as devices
 from . import features as feature_extractors
 from . import images
 from .errors import ImageError
@@ -14,16 +26,34 @@ from .feature_cache import FeatureCache
 
 log = logging.getLogger(__name__)
 DECODE_MAX_SIDE = 4096  # large JPEGs decode at reduced scale; nothing finer survives the working size
+IO_THREADS = 2  # decoding and cache I/O beside the network
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as decoded (EXIF rotation applied), from the file header; ``None`` if unreadable."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+                w, h = h, w
+            return w, h
+    except Exception:  # noqa: BLE001 - decoding reports the real error later
+        return None
 
 
 class FeatureStage:
     """Extract features once per image content and keep them (in memory and on disk)."""
 
-    def __init__(self, conf: dict, device: str, cache_dir: Path | None, progress: bool = True):
+    def __init__(self, conf: dict, device: str, cache_dir: Path | None, progress: bool = True,
+                 batch_size: int | None = None, io_threads: int = IO_THREADS):
         self.conf = conf
         self.device = device
         self.cache = FeatureCache(cache_dir, conf)
         self.progress = progress
+        self.batch_size = batch_size
+        self.io_threads = max(1, io_threads)
         self.loaded: dict[str, dict] = {}
         self.extracted = 0
         self._extractor = None
@@ -31,29 +61,59 @@ class FeatureStage:
     @property
     def extractor(self):
         if self._extractor is None:
-            self._extractor = feature_extractors.build(self.conf, self.device)
+            self._extractor = feature_extractors.build(self.conf, self.device, self.batch_size)
         return self._extractor
+
+    @staticmethod
+    def _decode(path: Path):
+        return images.decode(images.read_bytes(path), path, max_side=DECODE_MAX_SIDE)
+
+    def _ordered(self, todo: dict[str, Path], pool: ThreadPoolExecutor) -> list[tuple[str, Path]]:
+        """The images in order of working size (unreadable headers last), then hash: equal sizes side by side."""
+        sizes = list(pool.map(header_size, todo.values()))
+        ex = self.extractor
+
+        def key(item):
+            (sha, _), size = item
+            return (0, ex.working_size(*size), sha) if size else (1, (0, 0), sha)
+
+        return [item for item, _ in sorted(zip(todo.items(), sizes), key=key)]
 
     def __call__(self, sha_paths: dict[str, Path]) -> tuple[dict[str, dict], dict[str, str]]:
         """Features per content hash, and an error message per hash that could not be used."""
         out, bad, todo = {}, {}, {}
-        for sha, path in sha_paths.items():
-            feats = self.loaded.get(sha) or self.cache.get(sha)
-            if feats is None:
-                todo[sha] = path
-            else:
-                out[sha] = self.loaded[sha] = feats
-        if not todo:
-            return out, bad
-        items = list(todo.items())
-        step = max(1, self.extractor.batch_size) * 4
+        missing = {sha: path for sha, path in sha_paths.items() if sha not in self.loaded}
+        for sha in sha_paths.keys() - missing.keys():
+            out[sha] = self.loaded[sha]
+        with ThreadPoolExecutor(self.io_threads) as pool:
+            for (sha, path), feats in zip(missing.items(), pool.map(self.cache.get, missing)):
+                if feats is None:
+                    todo[sha] = path
+                else:
+                    out[sha] = self.loaded[sha] = feats
+            if todo:
+                self._extract(todo, out, bad, pool)
+        return out, bad
+
+    def _extract(self, todo: dict[str, Path], out: dict, bad: dict, pool: ThreadPoolExecutor) -> None:
+        items = self._ordered(todo, pool)
+        # a chunk: a few batches (on a GPU) or enough images for the CPU's threads, decoded while the one before runs
+        step = max(8, max(1, self.extractor.batch_size) * (4 if devices.is_cuda(self.device) else 2))
+        chunks = [items[i : i + step] for i in range(0, len(items), step)]
+        decoding: dict[int, list] = {}
+
+        def decode_ahead(ci: int) -> None:
+            if ci < len(chunks) and ci not in decoding:
+                decoding[ci] = [(sha, pool.submit(self._decode, path)) for sha, path in chunks[ci]]
+
         with tqdm(total=len(items), desc="extracting features", unit="img", disable=not self.progress) as bar:
-            for start in range(0, len(items), step):
-                chunk = items[start : start + step]
+            for ci in range(len(chunks)):
+                decode_ahead(ci)
+                decode_ahead(ci + 1)  # decoded while the network runs on this chunk
                 decoded = {}
-                for sha, path in chunk:
+                for sha, future in decoding.pop(ci):
                     try:
-                        decoded[sha] = images.decode(images.read_bytes(path), path, max_side=DECODE_MAX_SIDE)
+                        decoded[sha] = future.result()
                     except ImageError as exc:
                         bad[sha] = str(exc)
                 shas = list(decoded)
@@ -61,5 +121,4 @@ class FeatureStage:
                     self.cache.put(sha, feats)
                     out[sha] = self.loaded[sha] = feats
                     self.extracted += 1
-                bar.update(len(chunk))
-        return out, bad
+                bar.update(len(chunks[ci]))
