@@ -1,0 +1,241 @@
+"""The shortlist cascade on generated whales: stage order, own-image exclusion, K beyond the database,
+per-query independence, and the stage-0 global descriptor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from matcher import data, features, global_descriptors as gd, presets, shortlist
+from matcher.budget import Deadline
+from matcher.errors import WeightsError
+from matcher.pipeline import Engine, rank_scenarios, run_cascade
+from matcher.shortlist import CascadeSettings
+
+from scenario_factory import make_whales, write_layout
+
+PRESET = "sift-mnn"
+
+
+class RecordingStage(shortlist.PairStage):
+    """A stand-in expensive matcher: MNN + RANSAC again (fast), remembering every pair it was asked for."""
+
+    name = "recording"
+    calls: list[set] = []
+
+    def __init__(self, engine):
+        from matcher.pair_cache import PairCache
+        from matcher.pair_verifier import PairVerifier
+
+        conf = engine.conf
+        self.store = PairCache(None, "recording")
+        self.verifier = PairVerifier(conf, "cpu", self.store, 1, False)
+        self.features = engine.feature_stage.loaded
+        RecordingStage.calls = []
+
+    @property
+    def computed(self):
+        return self.verifier.verified
+
+    def __call__(self, pairs):
+        RecordingStage.calls.append(set(pairs))
+        return self.verifier(pairs, self.features)
+
+
+@pytest.fixture(autouse=True)
+def recording_stage(monkeypatch):
+    monkeypatch.setitem(shortlist.STAGE2_FACTORIES, "recording", lambda engine, conf: RecordingStage(engine))
+
+
+@pytest.fixture(scope="module")
+def whales(tmp_path_factory):
+    """12 whales x 3 views; one leave-one-out scenario (36 images) and one split scenario."""
+    root = tmp_path_factory.mktemp("cascade")
+    meta = make_whales(root, n_whales=12, per_whale=3, seed=3)
+    ids = meta["image_id"].tolist()
+    firsts = meta.groupby("whale_id")["image_id"].first().tolist()
+    rest = [i for i in ids if i not in firsts]
+    write_layout(root, meta, {"loo": (firsts[:8], ids), "split": (firsts[8:], rest)})
+    return root, meta
+
+
+@pytest.fixture(scope="module")
+def codebook_dir(whales, tmp_path_factory):
+    """A small SIFT codebook fitted on the generated images, as the project fits its DISK one."""
+    root, meta = whales
+    conf = presets.resolve(PRESET)
+    ex = features.build(conf["extractor"])
+    from matcher import images
+
+    descs = [ex.extract([images.load(root / p)[0]])[0]["descriptors"] for p in meta["path"]]
+    book = gd.build_codebook_from_features(descs, k=32, per_image=200, iters=8, seed=0,
+                                           info={"extractor": presets.feature_key(conf["extractor"])})
+    folder = tmp_path_factory.mktemp("weights")
+    book.save(folder / "codebook-test.json")
+    return folder
+
+
+@pytest.fixture
+def with_stage0(codebook_dir, monkeypatch):
+    monkeypatch.setenv("WHALEMATCH_WEIGHTS_DIR", str(codebook_dir))
+    monkeypatch.setitem(gd.GLOBALS, "asmk-test", {"model": "asmk", "codebook": "codebook-test.json",
+                                                 "alpha": 3.0, "tau": 0.0})
+    return "asmk-test"
+
+
+def engine(tmp_path, name="c", stage2="recording", global_descriptor="none"):
+    return Engine(PRESET, tmp_path / name, "cpu", progress=False, stage2=stage2, global_descriptor=global_descriptor)
+
+
+def _sha_of(eng, image_id, root):
+    from matcher import images
+
+    return images.content_hash(images.read_bytes(root / "images" / f"{image_id}.jpg"))
+
+
+def test_stages_narrow_and_final_order_follows_the_stages(whales, tmp_path, with_stage0):
+    root, meta = whales
+    eng = engine(tmp_path, global_descriptor=with_stage0)
+    res = run_cascade(data.load(root), eng, CascadeSettings(k1=10, k2=4))
+    assert res.plan.k1 == 10 and res.plan.k2 == 4
+    assert res.bands == (True, True)
+    for qid, q in res.queries.items():
+        assert q.done1 == 10 and q.done2 == 4
+        final = res.final_order(q, 10, 4)
+        ids = [d for d, _ in final]
+        scores = np.array([s for _, s in final])
+        assert sorted(ids) == sorted(q.candidates)  # every candidate ranked once
+        assert (np.diff(scores) <= 0).all() and scores.min() >= 0 and scores.max() <= 1
+        stage1_set = {q.candidates[q.usable[p]] for p in q.order0[:10]}
+        stage2_set = {q.candidates[q.usable[p]] for p in q.order1[:4]}
+        assert set(ids[:4]) == stage2_set  # stage 2's candidates first,
+        assert set(ids[4:10]) == stage1_set - stage2_set  # then the rest of stage 1's,
+        assert (scores[:4] >= 2 / 3).all() and ((scores[4:10] >= 1 / 3) & (scores[4:10] < 2 / 3)).all()
+        assert (scores[10:] < 1 / 3).all()  # then stage 0's, each in its band
+    # stage 2 was asked only for each query's top 4 by stage 1
+    asked = set().union(*RecordingStage.calls)
+    wanted = {tuple(sorted(res.shas[c] for c in divmod(int(code), len(res.shas))))
+              for q in res.queries.values() for code in q.pair_codes[q.order1[:4]]}
+    assert asked == wanted
+
+
+def test_no_stage_proposes_the_query_image(whales, tmp_path, with_stage0):
+    root, meta = whales
+    eng = engine(tmp_path, global_descriptor=with_stage0)
+    challenge = data.load(root)
+    res = run_cascade(challenge, eng, CascadeSettings(k1=8, k2=5))
+    for qid, q in res.queries.items():
+        assert q.query_image not in q.candidates
+        for positions in (q.order0, q.order1):
+            assert q.query_image not in {q.candidates[q.usable[p]] for p in positions}
+    for pairs in RecordingStage.calls:
+        assert all(a != b for a, b in pairs)  # never an image against itself
+    sub = res.submission
+    own = sub["query_id"].map({qid: q.query_image for qid, q in res.queries.items()})
+    assert (sub["database_image_id"] != own).all()
+
+
+def test_nothing_cut_and_no_stage_2_gives_the_verdict_scores(whales, tmp_path, with_stage0):
+    root, meta = whales
+    res = run_cascade(data.load(root), engine(tmp_path, stage2="none", global_descriptor=with_stage0),
+                      CascadeSettings())
+    for qid, rows in res.submission.groupby("query_id"):
+        q = res.queries[qid]
+        pos = {q.candidates[q.usable[p]]: p for p in range(len(q.usable))}
+        verdict = [res.stage1[int(q.pair_codes[pos[d]])][0] for d in rows["database_image_id"]]
+        assert rows["score"].tolist() == pytest.approx(verdict)
+
+
+def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0):
+    root, meta = whales
+    challenge = data.load(root)
+    big = run_cascade(challenge, engine(tmp_path, "a", global_descriptor=with_stage0),
+                      CascadeSettings(k1=10_000, k2=10_000))
+    everything = run_cascade(challenge, engine(tmp_path, "b", global_descriptor=with_stage0),
+                             CascadeSettings(k1=None, k2=None, k2_max=10_000))
+    for q in big.queries.values():
+        assert q.done1 == len(q.usable) == q.done2
+    pd.testing.assert_frame_equal(big.submission, everything.submission)
+    counts = big.submission.groupby("query_id").size()
+    assert counts.max() == counts.min() == 20  # 35 and 24 candidates, capped at 20
+
+
+@pytest.mark.parametrize("ks", [(5, 3), (None, None)])
+def test_query_alone_or_in_the_full_run_gets_identical_rows(whales, tmp_path, with_stage0, ks):
+    root, meta = whales
+    k1, k2 = ks
+    full = data.load(root)
+    sub_full, _ = rank_scenarios(full, engine(tmp_path, "full", global_descriptor=with_stage0), k1=k1, k2=k2)
+    alone = data.load(root)
+    target = alone.scenarios[0]
+    alone.scenarios = [target]
+    target.queries = target.queries.iloc[[3]].reset_index(drop=True)
+    sub_alone, _ = rank_scenarios(alone, engine(tmp_path, "alone", global_descriptor=with_stage0), k1=k1, k2=k2)
+    qid = target.queries["query_id"].iloc[0]
+    expected = sub_full[sub_full["query_id"] == qid].reset_index(drop=True)
+    assert len(expected) == 20
+    pd.testing.assert_frame_equal(sub_alone.reset_index(drop=True), expected)
+
+
+def test_cascade_finds_the_whales_with_a_tight_k(whales, tmp_path, with_stage0):
+    """With stage 0 cutting to 6 of 35 candidates, the two other views of each whale still come first."""
+    root, meta = whales
+    sub, _ = rank_scenarios(data.load(root), engine(tmp_path, global_descriptor=with_stage0), k1=6, k2=3)
+    for qid, rows in sub.groupby("query_id"):
+        whale = qid.split("-", 1)[1][:5]
+        assert rows["database_image_id"].iloc[:2].str[:5].tolist() == [whale, whale], rows.head(4)
+
+
+def test_an_expired_deadline_still_ranks_every_query(whales, tmp_path, with_stage0):
+    root, meta = whales
+    eng = engine(tmp_path, global_descriptor=with_stage0)
+    challenge = data.load(root)
+    eng.prepare_images(challenge, set(meta["image_id"]))  # features first; then the budget is gone
+    deadline = Deadline(10.0, start=-1e9)
+    res = run_cascade(challenge, eng, CascadeSettings(budget_s=10.0), deadline)
+    assert deadline.tripped
+    assert eng.verifier.verified == 0 and not RecordingStage.calls  # nothing verified after the deadline
+    counts = res.submission.groupby("query_id").size()
+    assert len(counts) == 12 and counts.min() == 20
+    assert res.submission["score"].between(0, 1 / 2).all()  # stage 0's band only (stage 1's is empty)
+
+
+def test_stage0_similarity_of_a_pair_does_not_depend_on_the_others():
+    rng = np.random.default_rng(0)
+    centroids = rng.normal(size=(16, 8)).astype(np.float32)
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    descs = []
+    for _ in range(7):
+        d = rng.normal(size=(60, 8)).astype(np.float32)
+        descs.append(gd.aggregate(d / np.linalg.norm(d, axis=1, keepdims=True), centroids))
+    conf = {"alpha": 3.0, "tau": 0.0}
+    block = gd.similarity_matrix(descs[:3], descs[3:], conf)
+    for i in range(3):
+        for j in range(4):
+            assert gd.similarity_matrix([descs[i]], [descs[3 + j]], conf)[0, 0] == block[i, j]
+    self_sim = gd.similarity_matrix(descs[:1], descs[:1], conf)[0, 0]
+    assert self_sim == pytest.approx(1.0, abs=5e-3)  # int8 quantisation and block.max() < self_sim
+
+
+def test_codebook_round_trip_and_corruption(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(500, 16)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    book = gd.Codebook(gd.spherical_kmeans(x, 8, iters=5, seed=0), {"version": 1})
+    assert np.allclose(np.linalg.norm(book.centroids, axis=1), 1.0, atol=1e-5)
+    book.save(tmp_path / "cb.json")
+    again = gd.Codebook.load(tmp_path / "cb.json")
+    assert again.digest == book.digest and again.centroids.shape == (8, 16)
+    text = (tmp_path / "cb.json").read_text().replace('"centroids": "', '"centroids": "AAAA', 1)
+    (tmp_path / "bad.json").write_text(text)
+    with pytest.raises(WeightsError):
+        gd.Codebook.load(tmp_path / "bad.json")
+
+
+def test_missing_codebook_passes_everything_through(tmp_path, monkeypatch):
+    monkeypatch.setenv("WHALEMATCH_WEIGHTS_DIR", str(tmp_path))
+    monkeypatch.setitem(gd.GLOBALS, "asmk-missing", {"model": "asmk", "codebook": "nope.json"})
+    stage = gd.GlobalStage("asmk-missing", presets.resolve(PRESET)["extractor"], None)
+    assert not stage.enabled
+    assert stage.scores("q", ["a", "b"]).tolist() == [0.0, 0.0]
