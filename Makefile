@@ -13,7 +13,7 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: install demo test data-subset run pack-submission test-submission score clean
+.PHONY: install demo test data-subset run pack-submission test-submission score eval calibrate cascade codebook bench clean
 
 $(PY):
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -58,6 +58,40 @@ test-submission:
 ## score: mAP@20 per scenario and overall of SUBMISSION against LABELS
 score:
 	$(PY) -m matcher.score --submission $(SUBMISSION) --labels $(LABELS) --scenarios $(DEV_DIR)
+
+## eval: run PRESET on DEV_DIR (caches in CACHE_DIR) and print mAP@20 and top-1 per scenario type and overall;
+##       EVAL_ARGS adds options, e.g. EVAL_ARGS='--rerank --append benchmarks/RESULTS.md --label "..."'
+eval:
+	$(PY) benchmarks/eval.py --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) $(EVAL_ARGS)
+
+## calibrate: refit weights/calibration-PRESET.json (P(same whale) from the pair strength) on labelled pairs of
+## the development photos in DEV_DIR (labels from CATALOGUE), split by whale; prints the held-out ECE and Brier
+calibrate:
+	$(PY) -m matcher.cli calibrate --metadata $(CATALOGUE)/metadata.csv --subset $(DEV_DIR)/metadata.csv \
+		--preset $(PRESET) --cache-dir $(CACHE_DIR) --output weights/calibration-$(PRESET).json --out $(SUB_DIR)/calibration
+
+## cascade: the shortlist-cascade benchmark on DEV_DIR: recall after each stage, mAP@20 per stage and per
+##          (K1, K2), pairs and time per stage (default: LightGlue as stage 2 on 6 queries per scenario);
+##          all queries without stage 2: CASCADE_ARGS='--stage2 none --k1 20,40,60,80,all --k2 0';
+##          CASCADE_ARGS='... --timing-budget 300' adds a main-job run: projected against actual time
+CASCADE_ARGS ?= --queries-per-scenario 6 --k1 40,all --k2 0,3,5,10,20
+cascade:
+	$(PY) benchmarks/cascade.py --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) \
+		$(CASCADE_ARGS)
+
+## codebook: refit the stage-0 codebook (weights/codebook-disk-k1024-v1.json) on the DISK features of the
+##           development images in DEV_DIR (images only, no labels; fixed seed)
+codebook:
+	$(PY) -m matcher.global_descriptors --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
+		--k 1024 --per-image 256 --iters 20 --seed 0 --version 1 --out weights/codebook-disk-k1024-v1.json
+
+## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
+##        projection to the challenge's full test, on the GPU if there is one, else the CPU (a few minutes there);
+##        BENCH_ARGS adds options, e.g. BENCH_ARGS='--n-images 48 --n-pairs 800 --presets disk-mnn'
+BENCH_IMAGES ?= $(CATALOGUE)
+BENCH_ARGS ?=
+bench:
+	$(PY) benchmarks/pair_throughput.py --images $(BENCH_IMAGES) --json benchmarks/results/pair_throughput.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(RUNTIME) $(SUB_DIR)/submission.zip $(SUB_DIR)/log.txt

@@ -86,6 +86,20 @@ PIPELINES: dict[str, dict] = {
 
 DEFAULT_PIPELINE = "disk-mnn"
 
+# Detector-free matchers (see matcher/loftr.py). They find correspondences from both
+# images at once, so they do not fit the extractor + matcher stages of a pipeline
+# preset; they serve an expensive re-verification stage. The weights are supplied by
+# the user (``weights/loftr_outdoor.ckpt`` or $WHALEMATCH_LOFTR_WEIGHTS), never downloaded.
+DENSE_MATCHERS: dict[str, dict] = {
+    "loftr": {
+        "model": "loftr",
+        "weights": "outdoor",
+        "coarse_threshold": 0.2,  # kornia's default dual-softmax threshold
+        "target_area": 640 * 224,
+        "max_upscale": 2.0,
+    },
+}
+
 
 def settings_key(name: str, conf: dict) -> str:
     """``name-<12 hex>``: a short, stable identifier of exactly these settings."""

@@ -1,0 +1,34 @@
+"""benchmarks/eval.py: the per-type table it prints (pure parts; the engine run is main.py's)."""
+
+from __future__ import annotations
+
+import sys
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import eval as benchmark  # noqa: E402
+
+
+def test_score_by_type_means_over_queries_and_overall():
+    sub = pd.DataFrame({"query_id": ["a", "a", "b", "c"], "database_image_id": ["x", "y", "z", "w"],
+                        "score": [0.9, 0.8, 0.7, 0.6]})
+    labels = pd.DataFrame({"query_id": ["a", "b", "c"], "database_image_id": ["y", "z", "q"]})
+    queries = pd.DataFrame({"query_id": ["a", "b", "c"], "scenario": ["s1", "s1", "s2"],
+                            "scenario_type": ["within", "within", "across"]})
+    table = benchmark.score_by_type(sub, labels, queries).set_index("type")
+    assert list(table.index) == ["within", "across", "overall"]
+    assert table.loc["within", "map20"] == pytest.approx((0.5 + 1.0) / 2)  # a: hit at rank 2; b: rank 1
+    assert table.loc["within", "top1"] == pytest.approx(0.5)
+    assert table.loc["across", "map20"] == 0.0
+    assert table.loc["overall", "map20"] == pytest.approx(1.5 / 3) and table.loc["overall", "queries"] == 3
+    md = benchmark.markdown(table.reset_index())
+    assert "| **overall** | 3 | 0.5000 | 0.3333 |" in md
+
+
+def test_squash_matches_the_engine_score():
+    assert benchmark.squash(20.0, 20.0) == pytest.approx(0.5)
+    assert benchmark.squash(0.0, 20.0) == 0.0
