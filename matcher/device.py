@@ -12,19 +12,33 @@ from __future__ import annotations
 import logging
 import os
 
+from .errors import DeviceError
+
 log = logging.getLogger(__name__)
 DEFAULT_GPU_MEMORY_GB = 12.0
 _applied: dict[int, int] = {}
 
 
 def pick(requested: str | None = None) -> str:
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``; a clear error for anything unusable."""
     import torch
 
-    name = requested or os.environ.get("WHALEMATCH_DEVICE") or "auto"
+    name = (requested or os.environ.get("WHALEMATCH_DEVICE") or "auto").strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {name!r} requested but no CUDA GPU is available")
+    if name == "cpu":
+        return name
+    if not name.startswith("cuda"):
+        raise DeviceError(f"device {name!r} is not one of auto, cpu, cuda or cuda:N (--device / WHALEMATCH_DEVICE)")
+    if not torch.cuda.is_available():
+        raise DeviceError(f"device {name!r} requested but this machine has no usable CUDA GPU; "
+                          "use --device auto or cpu (WHALEMATCH_DEVICE)")
+    try:
+        index = torch.device(name).index
+    except RuntimeError:
+        raise DeviceError(f"device {name!r} is not a valid CUDA device name (cuda or cuda:N)") from None
+    if index is not None and index >= torch.cuda.device_count():
+        raise DeviceError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are present")
     return name
 
 

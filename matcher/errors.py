@@ -15,3 +15,7 @@ class ImageError(WhaleMatchError):
 
 class WeightsError(WhaleMatchError):
     """Pretrained weights are absent or do not match their recorded checksum."""
+
+
+class DeviceError(WhaleMatchError):
+    """The requested compute device does not exist on this machine."""

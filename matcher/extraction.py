@@ -116,9 +116,26 @@ class FeatureStage:
                         decoded[sha] = future.result()
                     except ImageError as exc:
                         bad[sha] = str(exc)
-                shas = list(decoded)
-                for sha, feats in zip(shas, self.extractor.extract([decoded[s] for s in shas])):
+                for sha, feats in self._run(decoded, dict(chunks[ci]), bad).items():
                     self.cache.put(sha, feats)
                     out[sha] = self.loaded[sha] = feats
                     self.extracted += 1
                 bar.update(len(chunks[ci]))
+
+    def _run(self, decoded: dict[str, object], paths: dict[str, Path], bad: dict) -> dict[str, dict]:
+        """Features of a chunk of decoded images; if the chunk fails, each image alone, so one bad image
+        costs only itself (it is reported in ``bad`` and ranked around, and the run goes on)."""
+        shas = list(decoded)
+        try:
+            return dict(zip(shas, self.extractor.extract([decoded[s] for s in shas])))
+        except Exception as exc:  # noqa: BLE001 - isolated per image below; out-of-memory is split upstream
+            if len(shas) == 1:
+                bad[shas[0]] = f"{paths[shas[0]]}: feature extraction failed ({type(exc).__name__}: {exc})"
+                log.warning("%s", bad[shas[0]])
+                return {}
+            log.warning("feature extraction failed on a batch of %d images (%s); retrying them one by one",
+                        len(shas), exc)
+        out = {}
+        for sha in shas:
+            out.update(self._run({sha: decoded[sha]}, paths, bad))
+        return out

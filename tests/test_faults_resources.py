@@ -128,6 +128,53 @@ def test_no_gpu_at_all_picks_the_cpu(monkeypatch, tmp_path):
         assert ex.device == "cpu" and ex.batch_size >= 1
 
 
+def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch, tmp_path, capsys, restore_logging):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:1", "tpu"):
+        with pytest.raises(device.DeviceError, match=re.escape(repr(name))):
+            device.pick(name)
+    folder = clean_folder(tmp_path / "data", n_whales=2)
+    rc = _load_main().main(["--data-dir", str(folder.root), "--output", str(tmp_path / "s.csv"), "--no-cache",
+                            "--preset", PRESET, "--device", "cuda", "--quiet"])
+    assert rc == 2
+    assert "device 'cuda' requested but this machine has no usable CUDA GPU" in capsys.readouterr().err
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_an_image_the_extractor_fails_on_is_ranked_around(monkeypatch, tmp_path, caplog):
+    """A network error on one image (not out of memory) costs that image only: its batch is retried image by
+    image, it is reported with its file name, and every other image is extracted and ranked."""
+    from matcher.extraction import FeatureStage
+
+    folder = clean_folder(tmp_path / "data", n_whales=4)
+    poisoned = folder.root / "images" / "w1b.jpg"
+    real_decode = FeatureStage._decode
+    marker = np.zeros((37, 41, 3), np.uint8)  # what the poisoned file "decodes" to
+    monkeypatch.setattr(FeatureStage, "_decode",
+                        staticmethod(lambda path: marker if Path(path) == poisoned else real_decode(path)))
+    engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
+    real_extract = engine.feature_stage.extractor.extract
+    batches = []
+
+    def extract(batch):
+        batches.append(len(batch))
+        if any(img is marker for img in batch):
+            raise ValueError("a layer failed on this input")
+        return real_extract(batch)
+
+    monkeypatch.setattr(engine.feature_stage.extractor, "extract", extract)
+    with caplog.at_level(logging.WARNING):
+        sub, expected = rank_scenarios(data.load(folder.root), engine)
+    submission.validate(sub, expected)
+    assert max(batches) > 1 and batches.count(1) >= 2  # the failing batch was retried one image at a time
+    assert engine.feature_stage.extracted == len(list((folder.root / "images").glob("*.jpg"))) - 1
+    assert (sub.loc[sub["database_image_id"] == "w1b", "score"] == 0).all()  # ranked around, after the evidence
+    assert re.search(r"w1b\.jpg: feature extraction failed \(ValueError: a layer failed on this input\)", caplog.text)
+    assert sub.groupby("query_id").first().loc["all-w0a", "database_image_id"] == "w0b"
+
+
 # ---------------------------------------------------------------- caches that cannot be written
 
 
