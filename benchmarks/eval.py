@@ -177,7 +177,8 @@ def git_revision() -> str:
 
 def describe(args, passthrough: list[str], seconds: float, computed: str) -> str:
     levers = [f"score `{args.score}`"] + ([f"`--rerank` ({args.rerank_mode}, weight {args.rerank_weight}, hops "
-                                           f"{'until convergence' if args.rerank_hops is None else args.rerank_hops})"]
+                                           f"{'until convergence' if args.rerank_hops is None else args.rerank_hops}, "
+                                           f"graph of {'all candidates' if args.rerank_top is None else f'the top {args.rerank_top}'})"]
                                           if args.rerank else [])
     if args.scenarios:
         levers.append(f"only scenarios `{args.scenarios}`")
@@ -229,6 +230,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--rerank-weight", type=float, default=reranking.DEFAULT_WEIGHT)
     p.add_argument("--rerank-hops", type=lambda t: None if t in ("none", "all") else int(t),
                    default=reranking.DEFAULT_HOPS, help="database steps of a path (none: until convergence)")
+    p.add_argument("--rerank-top", type=lambda t: None if t in ("none", "all") else int(t), default=None,
+                   help="re-rank within each query's top N candidates only (none: the whole database)")
     p.add_argument("--scenarios", default=None,
                    help="comma-separated scenario ids or types to run (default: all); for quick pilots")
     p.add_argument("--output", type=Path, default=None, help="keep main.py's submission CSV here")
@@ -277,7 +280,8 @@ def main(argv=None) -> int:
             if args.score != "strength" or args.rerank:
                 challenge = data.load(data_dir)
                 engine = Engine(args.preset, args.cache_dir, args.device, args.workers, not args.quiet)
-                opts = ({"mode": args.rerank_mode, "weight": args.rerank_weight, "hops": args.rerank_hops}
+                opts = ({"mode": args.rerank_mode, "weight": args.rerank_weight, "hops": args.rerank_hops,
+                         "top": args.rerank_top}
                         if args.rerank else None)
                 sub, expected = rank_with_levers(challenge, engine, args.score, opts)
                 submission.validate(sub, expected)

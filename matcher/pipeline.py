@@ -256,13 +256,15 @@ def run_cascade(data: ChallengeData, engine: Engine, settings: shortlist.Cascade
 def rank_scenarios(data: ChallengeData, engine: Engine, budget_s: float | None = None, k1: int | None = None,
                    k2: int | None = None, k2_max: int = shortlist.CascadeSettings.k2_max,
                    deadline: Deadline | None = None, stage2_mode: str = shortlist.CascadeSettings.stage2_mode,
-                   ) -> tuple[pd.DataFrame, dict]:
+                   rerank_top: int = shortlist.CascadeSettings.rerank_top) -> tuple[pd.DataFrame, dict]:
     """The submission for every scenario, and the expected answers used to validate it.
 
     ``budget_s=None`` and no K: nothing is cut (stage 1 verifies every candidate, stage 2
     re-scores each query's top ``k2_max``). With a budget, the planner chooses the K the
-    caller did not fix (:mod:`matcher.budget`).
+    caller did not fix (:mod:`matcher.budget`). ``rerank_top`` > 1 re-ranks each query's top
+    candidates with the verdicts among them (:mod:`matcher.rerank`; 0 turns it off).
     """
-    settings = shortlist.CascadeSettings(k1=k1, k2=k2, k2_max=k2_max, budget_s=budget_s, stage2_mode=stage2_mode)
+    settings = shortlist.CascadeSettings(k1=k1, k2=k2, k2_max=k2_max, budget_s=budget_s, stage2_mode=stage2_mode,
+                                         rerank_top=rerank_top)
     result = run_cascade(data, engine, settings, deadline)
     return result.submission, result.expected

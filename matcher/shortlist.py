@@ -8,6 +8,11 @@ stage 0   a global-descriptor similarity (:mod:`matcher.global_descriptors`) ord
           ``K1`` covers the database);
 stage 1   cheap verified matching (mutual NN + affine RANSAC: ``Engine.verdicts``)
           scores those ``K1``; the top ``K2`` by stage-1 score go on;
+re-rank   (``rerank_top`` R > 1) each query's top R stage-1 candidates are verified
+          against each other (database-database pairs, stage 1's matcher, the same
+          verdict store) and re-scored with :func:`matcher.rerank.rerank`: a candidate
+          verified strongly with one the query matched rises (the database's own
+          structure; only the query's own scenario's database is used);
 stage 2   an expensive matcher (LightGlue on the same DISK features; LoFTR through
           :func:`register_stage2`) re-scores those ``K2``.
 
@@ -43,6 +48,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from . import presets
+from . import rerank as reranking
 from .budget import Deadline, Plan, Rate, plan_cascade
 from .pair_cache import PairCache
 from .ranking import SUBMISSION_COLUMNS, TOP_K
@@ -218,6 +224,8 @@ class QueryState:
     done1: int = 0  # prefix of order0 scored by stage 1
     done2: int = 0  # prefix of order1 scored by stage 2
     order1: np.ndarray | None = None  # positions into usable, stage-1 order of order0[:k1]
+    sha_idx: np.ndarray = None  # per usable candidate: index of its content hash (for database pairs)
+    rr: np.ndarray | None = None  # per usable candidate: re-ranked stage-1 score (NaN: not re-ranked)
 
 
 @dataclass
@@ -241,16 +249,31 @@ class CascadeResult:
 # ---------------------------------------------------------------- ranking
 
 
+STRENGTH_SCALE = 20.0  # a verdict's score is strength / (strength + STRENGTH_SCALE) (matcher.verification)
+
+
 def _vals(codes: np.ndarray, verdicts: dict[int, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
     got = [verdicts.get(int(c), (0.0, 0.0)) for c in codes]
     arr = np.array(got, np.float64).reshape(-1, 2)
     return arr[:, 0], arr[:, 1]
 
 
+def _vals1(q: QueryState, pos: np.ndarray, verdicts: dict[int, tuple[float, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-1 (score, strength) of the candidates at ``pos``, re-ranked where the query was; a re-ranked
+    score ``s`` stands for the strength ``STRENGTH_SCALE * s / (1 - s)``, so the two stay in step."""
+    sc, st = _vals(q.pair_codes[pos], verdicts)
+    if q.rr is not None and len(pos):
+        rr = q.rr[pos]
+        up = ~np.isnan(rr) & (rr > sc)
+        sc = np.where(up, rr, sc)
+        st = np.where(up, np.maximum(st, STRENGTH_SCALE * sc / np.maximum(1.0 - sc, 1e-12)), st)
+    return sc, st
+
+
 def stage1_order(q: QueryState, verdicts: dict[int, tuple[float, float]], n: int) -> np.ndarray:
     """Positions (into usable) of order0[:n] sorted by stage-1 score, strength, stage-0 score, id."""
     pos = q.order0[:n]
-    sc, st = _vals(q.pair_codes[pos], verdicts)
+    sc, st = _vals1(q, pos, verdicts)
     return pos[np.lexsort((q.id_rank[pos], -q.s0[pos], -st, -sc))]
 
 
@@ -292,18 +315,18 @@ def final_ranking(q: QueryState, v1: dict, v2: dict, k1: int, k2: int, bands: tu
         top = order1[:n2]
         sc2, st2 = _vals(q.pair_codes[top], v2)
         if stage2_mode == "sum":
-            st2 = st2 + _vals(q.pair_codes[top], v1)[1]
+            st2 = st2 + _vals1(q, top, v1)[1]
             sc2 = st2 / (st2 + 40.0)
         elif stage2_mode == "max":
-            st2 = np.maximum(st2, _vals(q.pair_codes[top], v1)[1])
-            sc2 = st2 / (st2 + 20.0)
+            st2 = np.maximum(st2, _vals1(q, top, v1)[1])
+            sc2 = st2 / (st2 + STRENGTH_SCALE)
         elif stage2_mode != "replace":
             raise ValueError(f"unknown stage-2 mode {stage2_mode!r}; choose one of {', '.join(STAGE2_MODES)}")
         rank1 = np.arange(n2)  # ties keep stage 1's order
         order = np.lexsort((rank1, -st2, -sc2))
         put(top[order], sc2[order], band2)
     rest1 = order1[n2:]
-    put(rest1, _vals(q.pair_codes[rest1], v1)[0], band1)
+    put(rest1, _vals1(q, rest1, v1)[0], band1)
     rest0 = q.order0[n1:]
     put(rest0, np.clip(q.s0[rest0], 0.0, None), band0 if has0 else None)
     ranked = set(q.usable.tolist())
@@ -329,6 +352,8 @@ class CascadeSettings:
     pilot2_pairs: int = 16  # stage-2 pairs timed before the plan is made (at most; 4 at a time)
     pilot2_s: float = 15.0  # seconds of stage-2 work timed before the plan is made (at most)
     stage2_mode: str = "max"  # how stage 2's candidates are ordered (see final_ranking)
+    rerank_top: int = 0  # re-rank each query's top R stage-1 candidates with database pairs (0: off)
+    rerank_weight: float = reranking.DEFAULT_WEIGHT
 
 
 class Cascade:
@@ -345,7 +370,7 @@ class Cascade:
         self.v1: dict[int, tuple[float, float]] = {}
         self.v2: dict[int, tuple[float, float]] = {}
         self.seconds: dict[str, float] = {}
-        self.pairs = {"stage1": 0, "stage2": 0}
+        self.pairs = {"stage1": 0, "rerank": 0, "stage2": 0}
         self.cut: list[str] = []
 
     # --- setup -------------------------------------------------------------------------------
@@ -376,8 +401,10 @@ class Cascade:
                 qi = self.sha_index[shas[qimg]]
                 ci = np.array([self.sha_index[shas[cands[i]]] for i in q.usable], np.int64)
                 q.pair_codes = np.minimum(qi, ci) * self.n_sha + np.maximum(qi, ci)
+                q.sha_idx = ci
             else:
                 q.pair_codes = np.zeros(0, np.int64)
+                q.sha_idx = np.zeros(0, np.int64)
             self.queries[qid] = q
             by_scenario.setdefault(scenario, []).append(q)
         for group in by_scenario.values():
@@ -530,10 +557,32 @@ class Cascade:
             pilot_s = min(s.pilot_s, 0.01 * (s.budget_s or 0) + 2.0)
             self._run_stage("stage 1 (pilot)", self.stage1, self.rate1, self.v1, pilot_k, prefix0, "done1",
                             stop_after_s=pilot_s)
+        ks1 = self._first_needed(order0, self.stage1, self.v1)
+        if fixed_k1 is None and not self.rate1.measured and len(ks1) and self.deadline.left() > 0:
+            self._pilot_uncached(pilot_s)  # the pilot's pairs were cached (a resumed run): time uncached ones
+            ks1 = self._first_needed(order0, self.stage1, self.v1)
         if self.stage2 is not None and fixed_k2 is None and self.deadline.left() > 0:
             self._pilot2()
-        ks1 = self._first_needed(order0, self.stage1, self.v1)
-        pairs1_at = lambda k: int(np.searchsorted(ks1, k, side="right"))  # noqa: E731
+        rr_top = s.rerank_top if s.rerank_top > 1 else 0
+        # Re-ranking verifies up to C(min(R, K1), 2) database pairs per query with stage 1's matcher,
+        # planned as stage-1 work: that upper bound (queries share pairs) times the share of the
+        # query-database pairs not cached yet (a second run has its database pairs cached too).
+        by_scenario: dict[str, list[int]] = {}
+        db_sizes: dict[str, int] = {}  # images a scenario's candidates span (at most its database)
+        for q in self.queries.values():
+            by_scenario.setdefault(q.scenario, []).append(min(rr_top, len(q.usable)))
+            db_sizes[q.scenario] = max(db_sizes.get(q.scenario, 0), len(q.usable) + 1)
+        all_codes = np.unique(np.concatenate([q.pair_codes for q in self.queries.values()] or [np.zeros(0, np.int64)]))
+        uncached = (len(ks1) + len(self.v1)) / max(1, len(all_codes)) if len(ks1) else 0.0
+
+        def rr_bound(k: int) -> int:  # per scenario: its queries' graphs, at most every pair of its database
+            pairs = 0
+            for sc, sizes in by_scenario.items():
+                m = np.minimum(np.array(sizes, np.int64), k)
+                pairs += min(int((m * (m - 1) // 2).sum()), db_sizes[sc] * (db_sizes[sc] - 1) // 2)
+            return int(uncached * pairs)
+
+        pairs1_at = lambda k: int(np.searchsorted(ks1, k, side="right")) + rr_bound(k)  # noqa: E731
         n_queries = [len(q.usable) for q in self.queries.values()]
         pairs2_bound = lambda k: int(sum(min(k, n) for n in n_queries))  # noqa: E731
         if fixed_k1 is not None and (fixed_k2 is not None or self.stage2 is None):
@@ -544,6 +593,9 @@ class Cascade:
         else:
             plan = plan_cascade(self.deadline, self.rate1, self.rate2, pairs1_at, pairs2_bound, dbmax,
                                 s.k2_max if fixed_k2 is None else fixed_k2, k1_fixed=fixed_k1)
+        if rr_top:
+            plan.notes.append(f"re-ranking: each query's top {rr_top} stage-1 candidates verified against each "
+                              f"other, at most {rr_bound(plan.k1)} database pairs (counted in stage 1's pairs)")
         log.info("rates: %s; %s", self.rate1, self.rate2 or "no stage 2")
         for line in plan.describe().splitlines():
             log.info("%s", line)
@@ -573,6 +625,10 @@ class Cascade:
         for q in self.queries.values():
             n1 = min(q.done1, plan.k1)
             q.order1 = stage1_order(q, self.v1, n1) if n1 else np.zeros(0, np.int64)
+        if ok and rr_top:
+            t0 = self.deadline.clock()
+            ok = self._rerank(rr_top, plan)
+            self.seconds["rerank"] = self.deadline.clock() - t0
         if not ok or self.stage2 is None or plan.k2 <= 0:
             if not ok and self.stage2 is not None:
                 self.cut.append("stage 2 skipped")
@@ -616,6 +672,83 @@ class Cascade:
         self.seconds["stage2"] = self.deadline.clock() - t0
         self.pairs["stage2"] = self.rate2.items
         return plan
+
+    def _rerank_codes(self, q: QueryState, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """Positions of the query's top stage-1 candidates, and the codes of their pairs (upper triangle)."""
+        pos = q.order1[:top]
+        si = q.sha_idx[pos]
+        a, b = np.triu_indices(len(pos), 1)
+        return pos, np.minimum(si[a], si[b]) * self.n_sha + np.maximum(si[a], si[b])
+
+    def _rerank(self, top: int, plan: Plan) -> bool:
+        """Verify each query's top stage-1 candidates against each other, then re-score them (see the
+        module docstring). Queries are done in order; if the deadline guard stops the verification,
+        the queries not reached keep their stage-1 ranking. False if it was stopped."""
+        queries = [q for q in self.queries.values() if len(q.order1) > 1]
+        pending: list[QueryState] = []
+        codes_pending: set[int] = set()
+        total = sum(len(q.order1[:top]) * (len(q.order1[:top]) - 1) // 2 for q in queries)
+        needed = {int(c) for q in queries for c in self._rerank_codes(q, top)[1] if int(c) not in self.v1}
+        if needed and self.stored_before.get(self.stage1.name):
+            cached = self.stage1.cached([self._decode(c) for c in needed])
+            needed = {c for c in needed if self._decode(c) not in cached}
+        if self.rate1.measured:
+            plan.revised_projection_s = self.deadline.elapsed() + self.rate1.seconds_for(len(needed)) + plan.seconds2
+        log.info("re-ranking: %d database pairs to verify for %d queries' top %d candidates (%s)%s", len(needed),
+                 len(queries), top, self.rate1, f"; projected run time now {plan.revised_projection_s:.0f} s"
+                 if self.rate1.measured else "")
+        ok, reranked = True, 0
+        with tqdm(total=total, desc="re-rank pairs", unit="pair", disable=not self.engine.progress,
+                  leave=False) as bar:
+            for q in queries + [None]:
+                if q is not None:
+                    _, codes = self._rerank_codes(q, top)
+                    pending.append(q)
+                    codes_pending.update(int(c) for c in codes if int(c) not in self.v1)
+                    bar.update(len(codes))
+                size = 64 if not self.rate1.measured else max(16, int(self.rate1.per_s * self.s.chunk_s))
+                if q is not None and len(codes_pending) < size:
+                    continue
+                todo = sorted(codes_pending)
+                if todo and not self.deadline.allows(self.rate1.seconds_for(len(todo)) if self.rate1.measured else 0):
+                    self.deadline.trip(f"re-ranking stopped with {len(queries) - reranked} of {len(queries)} "
+                                       f"queries left (they keep their stage-1 ranking)")
+                    self.cut.append("re-rank")
+                    ok = False
+                    break
+                before = self.stage1.computed
+                self._score_codes(self.stage1, self.rate1, self.v1, todo)
+                self.pairs["rerank"] += self.stage1.computed - before
+                for p in pending:
+                    self._apply_rerank(p, top)
+                reranked += len(pending)
+                pending, codes_pending = [], set()
+        return ok
+
+    def _apply_rerank(self, q: QueryState, top: int) -> None:
+        pos, codes = self._rerank_codes(q, top)
+        n = len(pos)
+        w = np.zeros((n, n))
+        a, b = np.triu_indices(n, 1)
+        w[a, b] = w[b, a] = [self.v1[int(c)][0] for c in codes]
+        direct = _vals(q.pair_codes[pos], self.v1)[0]
+        q.rr = np.full(len(q.usable), np.nan)
+        q.rr[pos] = reranking.rerank(direct, w, weight=self.s.rerank_weight)
+        q.order1 = stage1_order(q, self.v1, len(q.order1))
+
+    def _pilot_uncached(self, limit_s: float, want: int = 32) -> None:
+        """Time stage 1 on the first pairs (by stage-0 rank) that are neither verified in this run nor cached."""
+        started, picked = self.deadline.clock(), []
+        queries = [q for q in self.queries.values() if len(q.usable)]
+        for lo in range(0, self.database_max, 16):
+            codes = list(dict.fromkeys(int(c) for q in queries for c in q.pair_codes[q.order0[lo : lo + 16]]
+                                       if int(c) not in self.v1))
+            cached = self.stage1.cached([self._decode(c) for c in codes]) if codes else set()
+            picked += [c for c in codes if self._decode(c) not in cached][: want - len(picked)]
+            if len(picked) >= want or self.deadline.clock() - started > limit_s:
+                break
+        if picked:
+            self._score_codes(self.stage1, self.rate1, self.v1, picked)
 
     def _pilot2(self) -> None:
         """Time the expensive matcher on a few pairs every plan is likely to need (stage 0's best candidates)."""

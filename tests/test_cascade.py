@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from matcher import rerank as reranking
 from matcher import data, features, global_descriptors as gd, presets, shortlist
 from matcher.budget import Deadline
 from matcher.errors import WeightsError
@@ -161,21 +162,74 @@ def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0)
     assert counts.max() == counts.min() == 20  # 35 and 24 candidates, capped at 20
 
 
-@pytest.mark.parametrize("ks", [(5, 3), (None, None)])
+@pytest.mark.parametrize("ks", [(5, 3, 0), (None, None, 0), (8, 3, 5), (None, None, 6)])
 def test_query_alone_or_in_the_full_run_gets_identical_rows(whales, tmp_path, with_stage0, ks):
     root, meta = whales
-    k1, k2 = ks
+    k1, k2, rerank_top = ks
     full = data.load(root)
-    sub_full, _ = rank_scenarios(full, engine(tmp_path, "full", global_descriptor=with_stage0), k1=k1, k2=k2)
+    sub_full, _ = rank_scenarios(full, engine(tmp_path, "full", global_descriptor=with_stage0), k1=k1, k2=k2,
+                                 rerank_top=rerank_top)
     alone = data.load(root)
     target = alone.scenarios[0]
     alone.scenarios = [target]
     target.queries = target.queries.iloc[[3]].reset_index(drop=True)
-    sub_alone, _ = rank_scenarios(alone, engine(tmp_path, "alone", global_descriptor=with_stage0), k1=k1, k2=k2)
+    sub_alone, _ = rank_scenarios(alone, engine(tmp_path, "alone", global_descriptor=with_stage0), k1=k1, k2=k2,
+                                  rerank_top=rerank_top)
     qid = target.queries["query_id"].iloc[0]
     expected = sub_full[sub_full["query_id"] == qid].reset_index(drop=True)
     assert len(expected) == 20
     pd.testing.assert_frame_equal(sub_alone.reset_index(drop=True), expected)
+
+
+def test_rerank_uses_the_pairs_among_each_querys_top_candidates(whales, tmp_path):
+    """Re-ranking verifies the database pairs among each query's top R stage-1 candidates (and no others),
+    re-scores exactly those with matcher.rerank, and the submission follows the new scores."""
+    root, meta = whales
+    eng = engine(tmp_path, stage2="none")
+    # Weaken each query's verdict with the last view of its whale (as across years): only the path
+    # through the whale's other view, verified within the database, can lift it again.
+    views = meta.groupby("whale_id")["image_id"].agg(list)
+    weak = {tuple(sorted((_sha_of(eng, v[0], root), _sha_of(eng, v[-1], root)))) for v in views}
+    real = eng.verifier
+
+    class Weakened:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def __call__(self, pairs, feats):
+            out = real(pairs, feats)
+            for p in pairs:
+                if tuple(sorted(p)) in weak:
+                    st = out[p]["strength"] / 5
+                    out[p] = {**out[p], "strength": st, "score": st / (st + 20)}
+            return out
+
+    eng.verifier = Weakened()
+    res = run_cascade(data.load(root), eng, CascadeSettings(rerank_top=4))
+    n = len(res.shas)
+    lifted = 0
+    for qid, rows in res.submission.groupby("query_id"):
+        q = res.queries[qid]
+        direct = np.array([res.stage1[int(c)][0] for c in q.pair_codes])
+        graph = np.flatnonzero(~np.isnan(q.rr))
+        assert len(graph) == 4 and direct[graph].min() >= np.delete(direct, graph).max()  # the 4 best verdicts
+        si = q.sha_idx[graph]
+        w = np.zeros((4, 4))
+        for a in range(4):
+            for b in range(a + 1, 4):
+                code = min(si[a], si[b]) * n + max(si[a], si[b])
+                w[a, b] = w[b, a] = res.stage1[int(code)][0]  # verified and kept
+        expected = reranking.rerank(direct[graph], w)
+        assert q.rr[graph] == pytest.approx(expected)
+        final = direct.copy()
+        final[graph] = np.maximum(direct[graph], expected)
+        pos = {q.candidates[q.usable[p]]: p for p in range(len(q.usable))}
+        assert rows["score"].tolist() == pytest.approx([final[pos[d]] for d in rows["database_image_id"]])
+        assert rows["score"].is_monotonic_decreasing
+        lifted += int((final > direct + 1e-9).sum())
+    assert lifted >= len(res.queries)  # at least each query's weakened view was lifted by the database
+    verified_db = len(res.stage1) - len({int(c) for q in res.queries.values() for c in q.pair_codes})
+    assert 0 < verified_db <= sum(6 for _ in res.queries)  # at most C(4, 2) database pairs per query
 
 
 def test_cascade_finds_the_whales_with_a_tight_k(whales, tmp_path, with_stage0):
@@ -239,3 +293,17 @@ def test_missing_codebook_passes_everything_through(tmp_path, monkeypatch):
     stage = gd.GlobalStage("asmk-missing", presets.resolve(PRESET)["extractor"], None)
     assert not stage.enabled
     assert stage.scores("q", ["a", "b"]).tolist() == [0.0, 0.0]
+
+
+def test_a_resumed_run_with_its_pilot_pairs_cached_still_plans_everything(whales, tmp_path):
+    """A run killed after stage 1 verified every query's first candidates leaves those pairs cached; the
+    resumed run's pilot then computes nothing, and must time uncached pairs rather than plan blind."""
+    root, meta = whales
+    challenge = data.load(root)
+    rank_scenarios(challenge, engine(tmp_path, "c", stage2="none"), k1=16)  # the first run, cut short
+    eng = engine(tmp_path, "c", stage2="none")
+    res = run_cascade(data.load(root), eng, CascadeSettings(budget_s=3600.0), Deadline(3600.0))
+    assert res.plan.k1 == res.plan.database_max == 35
+    assert eng.verifier.verified > 0  # only what the first run had not verified
+    reference = run_cascade(data.load(root), engine(tmp_path, "ref", stage2="none"), CascadeSettings())
+    pd.testing.assert_frame_equal(res.submission, reference.submission)

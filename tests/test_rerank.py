@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from matcher import rerank as reranking
 from matcher.rerank import DEFAULT_WEIGHT, MODES, max_path, rerank
 
 
@@ -109,3 +110,26 @@ def test_converged_scores_are_a_fixed_point():
 def test_negative_hops_are_refused():
     with pytest.raises(ValueError, match="hops"):
         max_path(np.zeros(2), np.zeros((2, 2)), hops=-1)
+
+
+def test_top_restricts_the_graph_to_the_best_candidates():
+    # candidates 0 and 1 are the query's best; 2 is a weak direct match linked strongly to 0;
+    # 3 is weaker still and linked strongly to 0 as well, but lies outside the top 3
+    q = np.array([0.8, 0.6, 0.1, 0.05, 0.2])
+    w = np.full((5, 5), np.nan)  # entries outside the top-3 graph must never be read
+    top = [0, 1, 4]
+    for a in top:
+        for b in top:
+            w[a, b] = 0.0
+    w[0, 4] = w[4, 0] = 0.7
+    out = reranking.rerank(q, w, "max-path", weight=0.9, hops=None, top=3)
+    assert out[4] == pytest.approx(0.9 * 0.7)  # pulled up through candidate 0
+    assert out[[0, 1, 2, 3]].tolist() == q[[0, 1, 2, 3]].tolist()  # outside the graph, or nothing stronger
+    assert reranking.top_positions(q, 3).tolist() == [0, 1, 4]
+    full = np.nan_to_num(w)
+    assert np.array_equal(reranking.rerank(q, full, top=len(q)), reranking.rerank(q, full))  # top >= n: the whole graph
+
+
+def test_top_zero_changes_nothing():
+    q = np.array([0.3, 0.2])
+    assert reranking.rerank(q, np.ones((2, 2)), top=0).tolist() == q.tolist()
