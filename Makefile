@@ -60,7 +60,7 @@ score:
 	$(PY) -m matcher.score --submission $(SUBMISSION) --labels $(LABELS) --scenarios $(DEV_DIR)
 
 ## eval: run PRESET on DEV_DIR (caches in CACHE_DIR) and print mAP@20 and top-1 per scenario type and overall;
-##       EVAL_ARGS adds options, e.g. EVAL_ARGS='--rerank --append benchmarks/RESULTS.md --label "..."'
+##       EVAL_ARGS adds options, e.g. EVAL_ARGS='--rerank none --append benchmarks/RESULTS.md --label "..."'
 eval:
 	$(PY) benchmarks/eval.py --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) $(EVAL_ARGS)
 

@@ -2,18 +2,19 @@
 
     python main.py [--data-dir DIR] [--output FILE] [--preset NAME] [--cache-dir DIR]
                    [--time-budget SECONDS] [--k1 N] [--k2 N] [--stage2 NAME] [--global-descriptor NAME]
-                   [--rerank-top N]
+                   [--rerank database|none]
 
 Reads DIR/query_scenarios.csv, DIR/metadata.csv and the query and database
 files they name; writes one CSV with columns query_id,database_image_id,score
 (at most 20 rows per query, best first). Candidates go through the shortlist
 cascade (stage 0 global descriptor, stage 1 MNN + RANSAC, stage 2 an expensive
-matcher, off unless --stage2 names one) sized to end within the time budget
+matcher, off unless --stage2 names one), then re-ranking with the verified pairs
+within each scenario's database (--rerank), all sized to end within the time budget
 (default 3 hours, counted from the start of this script); the plan is logged.
 Every option has an environment variable: WHALEMATCH_DATA_DIR, WHALEMATCH_OUTPUT,
 WHALEMATCH_PRESET, WHALEMATCH_CACHE_DIR, WHALEMATCH_DEVICE, WHALEMATCH_WORKERS,
 WHALEMATCH_TIME_BUDGET, WHALEMATCH_K1, WHALEMATCH_K2, WHALEMATCH_STAGE2, WHALEMATCH_STAGE2_MODE,
-WHALEMATCH_GLOBAL_DESCRIPTOR, WHALEMATCH_RERANK_TOP.
+WHALEMATCH_GLOBAL_DESCRIPTOR, WHALEMATCH_RERANK.
 """
 
 from __future__ import annotations
@@ -34,8 +35,6 @@ from matcher.budget import DEFAULT_BUDGET_S, Deadline  # noqa: E402
 from matcher.errors import WhaleMatchError  # noqa: E402
 from matcher.pipeline import Engine, rank_scenarios  # noqa: E402
 from matcher.shortlist import STAGE2_FACTORIES, STAGE2_MODES, CascadeSettings  # noqa: E402
-
-DEFAULT_RERANK_TOP = 20  # measured on the development scenarios: benchmarks/RESULTS.md
 
 log = logging.getLogger("main")
 
@@ -85,9 +84,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         f"(lightglue: LightGlue on the preset's features; loftr: needs its weights)")
     p.add_argument("--stage2-mode", default=env("STAGE2_MODE", "max"), choices=list(STAGE2_MODES),
                    help="order of stage 2's candidates: max (default) or sum of both stages' strengths, or replace")
-    p.add_argument("--rerank-top", type=int, default=int(env("RERANK_TOP", str(DEFAULT_RERANK_TOP))),
-                   help=f"re-rank each query's top N stage-1 candidates with the verdicts among them (the database's "
-                        f"own structure; 0: off; default {DEFAULT_RERANK_TOP}, see benchmarks/RESULTS.md)")
+    p.add_argument("--rerank", default=env("RERANK", "database"), choices=["database", "none"],
+                   help="database (default): also verify the pairs within each scenario's database and re-rank each "
+                        "query's candidates with them (the database's own structure; see benchmarks/RESULTS.md); "
+                        "none: stage-1 scores only")
     p.add_argument("--global-descriptor", default=env("GLOBAL_DESCRIPTOR", "auto"),
                    choices=["auto", *sorted(global_descriptors.GLOBALS)], help="stage-0 global descriptor")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -111,7 +111,8 @@ def main(argv=None) -> int:
                  "memory only" if args.no_cache else args.cache_dir,
                  "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
         sub, expected = rank_scenarios(challenge, engine, args.time_budget, args.k1, args.k2, args.k2_max,
-                                       deadline=deadline, stage2_mode=args.stage2_mode, rerank_top=args.rerank_top)
+                                       deadline=deadline, stage2_mode=args.stage2_mode,
+                                       rerank=args.rerank == "database")
         submission.write(sub, args.output, expected)
     except WhaleMatchError as exc:
         log.error("%s", exc)

@@ -2,7 +2,7 @@
 
     python benchmarks/eval.py [--preset disk-mnn] [--data-dir data/dev] [--labels data/dev_labels.csv]
                               [--cache-dir DIR] [--score strength|inliers|inlier-ratio]
-                              [--rerank] [--output FILE] [--append benchmarks/RESULTS.md --label TEXT]
+                              [--offline-rerank] [--output FILE] [--append benchmarks/RESULTS.md --label TEXT]
                               [main.py options, e.g. --stage2 none --time-budget none]
 
 The ranking is ``main.py``'s own: its ``main()`` runs in this process with the options
@@ -14,7 +14,7 @@ query-database pair, computed where missing):
 - ``--score`` ranks each query's candidates by another function of the pair verdict
   (``strength``, the engine's own score; with it and ``--rerank-mode none``, the ranking
   is main.py's with ``--stage2 none --time-budget none``).
-- ``--rerank`` also verifies every pair of database images within each scenario and
+- ``--offline-rerank`` also verifies every pair of database images within each scenario and
   re-ranks with :func:`matcher.rerank.rerank` (uses only the query and its own scenario's
   database, as the challenge allows).
 
@@ -176,10 +176,10 @@ def git_revision() -> str:
 
 
 def describe(args, passthrough: list[str], seconds: float, computed: str) -> str:
-    levers = [f"score `{args.score}`"] + ([f"`--rerank` ({args.rerank_mode}, weight {args.rerank_weight}, hops "
+    levers = [f"score `{args.score}`"] + ([f"`--offline-rerank` ({args.rerank_mode}, weight {args.rerank_weight}, hops "
                                            f"{'until convergence' if args.rerank_hops is None else args.rerank_hops}, "
                                            f"graph of {'all candidates' if args.rerank_top is None else f'the top {args.rerank_top}'})"]
-                                          if args.rerank else [])
+                                          if args.offline_rerank else [])
     if args.scenarios:
         levers.append(f"only scenarios `{args.scenarios}`")
     main_opts = f"main.py options `{' '.join(passthrough)}`" if passthrough else "main.py defaults"
@@ -215,7 +215,8 @@ def subset_dir(root: Path, keep: set[str], tmp: Path) -> Path:
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                allow_abbrev=False)
     p.add_argument("--preset", default=os.environ.get("PRESET") or presets.DEFAULT_PIPELINE,
                    choices=sorted(presets.PIPELINES))
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / "dev")
@@ -225,7 +226,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--score", default="strength", choices=sorted(SCORE_FUNCTIONS),
                    help="score function of a stage-1 verdict (strength: the engine's own)")
-    p.add_argument("--rerank", action="store_true", help="re-rank with database-database verdicts")
+    p.add_argument("--offline-rerank", action="store_true",
+                   help="re-rank from the stored verdicts with these --rerank-* settings (main.py's own re-ranking "
+                        "is its --rerank option, passed through)")
     p.add_argument("--rerank-mode", default=reranking.DEFAULT_MODE, choices=sorted(reranking.MODES))
     p.add_argument("--rerank-weight", type=float, default=reranking.DEFAULT_WEIGHT)
     p.add_argument("--rerank-hops", type=lambda t: None if t in ("none", "all") else int(t),
@@ -277,12 +280,12 @@ def main(argv=None) -> int:
                 return rc
             sub = read_submission(output)
             computed = next((m for m in lines.messages if " images (" in m), "main.py gave no summary")
-            if args.score != "strength" or args.rerank:
+            if args.score != "strength" or args.offline_rerank:
                 challenge = data.load(data_dir)
                 engine = Engine(args.preset, args.cache_dir, args.device, args.workers, not args.quiet)
                 opts = ({"mode": args.rerank_mode, "weight": args.rerank_weight, "hops": args.rerank_hops,
                          "top": args.rerank_top}
-                        if args.rerank else None)
+                        if args.offline_rerank else None)
                 sub, expected = rank_with_levers(challenge, engine, args.score, opts)
                 submission.validate(sub, expected)
                 computed += f"; levers: {engine.stats.summary()}"
@@ -299,7 +302,7 @@ def main(argv=None) -> int:
     print(markdown(table))
     if args.append:
         label = args.label or f"{args.preset}" + (f", score {args.score}" if args.score != "strength" else "") + (
-            ", re-ranked" if args.rerank else "")
+            ", re-ranked" if args.offline_rerank else "")
         with open(args.append, "a", encoding="utf-8") as fh:
             fh.write(f"\n### {label}\n\n{header}\n\n{markdown(table)}\n")
         print(f"\nappended to {args.append}")

@@ -229,7 +229,8 @@ def run_cascade(data: ChallengeData, engine: Engine, settings: shortlist.Cascade
     cascade.prepare(tasks, shas)
     plan = cascade.run()
     engine.last_plan = plan
-    engine.stats.pairs = len({int(c) for q in cascade.queries.values() for c in q.pair_codes[q.order0[:plan.k1]]})
+    engine.stats.pairs = len({int(c) for q in cascade.queries.values() for c in q.pair_codes[q.order0[:plan.k1]]}) \
+        + cascade.database_pairs
     engine.stats.pairs_verified = engine.verifier.verified
     for k, v in cascade.seconds.items():
         engine.stats.seconds[k] = v
@@ -256,15 +257,15 @@ def run_cascade(data: ChallengeData, engine: Engine, settings: shortlist.Cascade
 def rank_scenarios(data: ChallengeData, engine: Engine, budget_s: float | None = None, k1: int | None = None,
                    k2: int | None = None, k2_max: int = shortlist.CascadeSettings.k2_max,
                    deadline: Deadline | None = None, stage2_mode: str = shortlist.CascadeSettings.stage2_mode,
-                   rerank_top: int = shortlist.CascadeSettings.rerank_top) -> tuple[pd.DataFrame, dict]:
+                   rerank: bool = shortlist.CascadeSettings.rerank) -> tuple[pd.DataFrame, dict]:
     """The submission for every scenario, and the expected answers used to validate it.
 
     ``budget_s=None`` and no K: nothing is cut (stage 1 verifies every candidate, stage 2
     re-scores each query's top ``k2_max``). With a budget, the planner chooses the K the
-    caller did not fix (:mod:`matcher.budget`). ``rerank_top`` > 1 re-ranks each query's top
-    candidates with the verdicts among them (:mod:`matcher.rerank`; 0 turns it off).
+    caller did not fix (:mod:`matcher.budget`). ``rerank`` re-ranks each query's stage-1
+    candidates with the verdicts among its scenario's database images (:mod:`matcher.rerank`).
     """
     settings = shortlist.CascadeSettings(k1=k1, k2=k2, k2_max=k2_max, budget_s=budget_s, stage2_mode=stage2_mode,
-                                         rerank_top=rerank_top)
+                                         rerank=rerank)
     result = run_cascade(data, engine, settings, deadline)
     return result.submission, result.expected

@@ -8,11 +8,15 @@ stage 0   a global-descriptor similarity (:mod:`matcher.global_descriptors`) ord
           ``K1`` covers the database);
 stage 1   cheap verified matching (mutual NN + affine RANSAC: ``Engine.verdicts``)
           scores those ``K1``; the top ``K2`` by stage-1 score go on;
-re-rank   (``rerank_top`` R > 1) each query's top R stage-1 candidates are verified
-          against each other (database-database pairs, stage 1's matcher, the same
-          verdict store) and re-scored with :func:`matcher.rerank.rerank`: a candidate
-          verified strongly with one the query matched rises (the database's own
-          structure; only the query's own scenario's database is used);
+re-rank   (``rerank``, on by default) every pair of each scenario's database is
+          verified with stage 1's matcher (the same verdict store: a pair shared by
+          scenarios or runs is verified once), and each query's stage-1 scores are
+          re-scored with :func:`matcher.rerank.rerank`: a candidate verified strongly
+          with one the query matched rises (the database's own structure; a query
+          uses only its own scenario's database, so its ranking still depends on
+          nothing else). The planner counts these pairs; where they do not fit the
+          budget after stage 1's, re-ranking is dropped (stage 1's coverage first),
+          and a scenario the deadline guard cuts keeps its stage-1 ranking;
 stage 2   an expensive matcher (LightGlue on the same DISK features; LoFTR through
           :func:`register_stage2`) re-scores those ``K2``.
 
@@ -352,7 +356,7 @@ class CascadeSettings:
     pilot2_pairs: int = 16  # stage-2 pairs timed before the plan is made (at most; 4 at a time)
     pilot2_s: float = 15.0  # seconds of stage-2 work timed before the plan is made (at most)
     stage2_mode: str = "max"  # how stage 2's candidates are ordered (see final_ranking)
-    rerank_top: int = 0  # re-rank each query's top R stage-1 candidates with database pairs (0: off)
+    rerank: bool = False  # re-rank with every verified pair of each scenario's database
     rerank_weight: float = reranking.DEFAULT_WEIGHT
 
 
@@ -371,6 +375,7 @@ class Cascade:
         self.v2: dict[int, tuple[float, float]] = {}
         self.seconds: dict[str, float] = {}
         self.pairs = {"stage1": 0, "rerank": 0, "stage2": 0}
+        self.database_pairs = 0  # distinct database pairs (not query-database ones) of the re-ranked scenarios
         self.cut: list[str] = []
 
     # --- setup -------------------------------------------------------------------------------
@@ -563,26 +568,10 @@ class Cascade:
             ks1 = self._first_needed(order0, self.stage1, self.v1)
         if self.stage2 is not None and fixed_k2 is None and self.deadline.left() > 0:
             self._pilot2()
-        rr_top = s.rerank_top if s.rerank_top > 1 else 0
-        # Re-ranking verifies up to C(min(R, K1), 2) database pairs per query with stage 1's matcher,
-        # planned as stage-1 work: that upper bound (queries share pairs) times the share of the
-        # query-database pairs not cached yet (a second run has its database pairs cached too).
-        by_scenario: dict[str, list[int]] = {}
-        db_sizes: dict[str, int] = {}  # images a scenario's candidates span (at most its database)
-        for q in self.queries.values():
-            by_scenario.setdefault(q.scenario, []).append(min(rr_top, len(q.usable)))
-            db_sizes[q.scenario] = max(db_sizes.get(q.scenario, 0), len(q.usable) + 1)
-        all_codes = np.unique(np.concatenate([q.pair_codes for q in self.queries.values()] or [np.zeros(0, np.int64)]))
-        uncached = (len(ks1) + len(self.v1)) / max(1, len(all_codes)) if len(ks1) else 0.0
-
-        def rr_bound(k: int) -> int:  # per scenario: its queries' graphs, at most every pair of its database
-            pairs = 0
-            for sc, sizes in by_scenario.items():
-                m = np.minimum(np.array(sizes, np.int64), k)
-                pairs += min(int((m * (m - 1) // 2).sum()), db_sizes[sc] * (db_sizes[sc] - 1) // 2)
-            return int(uncached * pairs)
-
-        pairs1_at = lambda k: int(np.searchsorted(ks1, k, side="right")) + rr_bound(k)  # noqa: E731
+        graphs = self._database_graphs() if s.rerank else {}
+        rr_pairs = self._uncached_graph_pairs(graphs)
+        pairs1_only = lambda k: int(np.searchsorted(ks1, k, side="right"))  # noqa: E731
+        pairs1_at = lambda k: pairs1_only(k) + rr_pairs  # noqa: E731  (re-ranking's pairs: stage-1 work)
         n_queries = [len(q.usable) for q in self.queries.values()]
         pairs2_bound = lambda k: int(sum(min(k, n) for n in n_queries))  # noqa: E731
         if fixed_k1 is not None and (fixed_k2 is not None or self.stage2 is None):
@@ -591,11 +580,19 @@ class Cascade:
                         if self.rate1.measured else 0.0, 0.0, self.deadline.elapsed(), self.deadline.budget_s, dbmax,
                         fixed=True, stage2=self.stage2 is not None)
         else:
-            plan = plan_cascade(self.deadline, self.rate1, self.rate2, pairs1_at, pairs2_bound, dbmax,
-                                s.k2_max if fixed_k2 is None else fixed_k2, k1_fixed=fixed_k1)
-        if rr_top:
-            plan.notes.append(f"re-ranking: each query's top {rr_top} stage-1 candidates verified against each "
-                              f"other, at most {rr_bound(plan.k1)} database pairs (counted in stage 1's pairs)")
+            k2_max = s.k2_max if fixed_k2 is None else fixed_k2
+            plan = plan_cascade(self.deadline, self.rate1, self.rate2, pairs1_at, pairs2_bound, dbmax, k2_max,
+                                k1_fixed=fixed_k1)
+            if graphs and rr_pairs:
+                without = plan_cascade(self.deadline, self.rate1, self.rate2, pairs1_only, pairs2_bound, dbmax, k2_max,
+                                       k1_fixed=fixed_k1)
+                if without.k1 > plan.k1:  # stage 1's coverage comes first; re-rank with what time is left
+                    without.notes.append(f"re-ranking: its {rr_pairs} database pairs do not all fit beside stage "
+                                         f"1's; scenarios are re-ranked, smallest first, while the time left allows")
+                    plan, pairs1_at = without, pairs1_only
+        if graphs and pairs1_at is not pairs1_only:
+            plan.notes.append(f"re-ranking: every pair of each scenario's database verified ({rr_pairs} not cached, "
+                              f"counted in stage 1's pairs)")
         log.info("rates: %s; %s", self.rate1, self.rate2 or "no stage 2")
         for line in plan.describe().splitlines():
             log.info("%s", line)
@@ -605,8 +602,9 @@ class Cascade:
         def replan1(done: int, k: int) -> int:
             if plan.fixed or fixed_k1 is not None:
                 return k
-            already = pairs1_at(done)
-            new = plan_cascade(self.deadline, self.rate1, self.rate2, lambda kk: max(0, pairs1_at(kk) - already),
+            already, rr_left = pairs1_only(done), pairs1_at(0) - pairs1_only(0)  # rr_left: re-ranking's, if planned
+            new = plan_cascade(self.deadline, self.rate1, self.rate2,
+                               lambda kk: max(0, pairs1_only(kk) - already) + rr_left,
                                pairs2_bound, dbmax, s.k2_max if fixed_k2 is None else fixed_k2)
             k_new = max(done, new.k1)
             if k < k_new < k + max(1, k // 10):  # raise K only for a worthwhile gain: no flapping
@@ -625,9 +623,9 @@ class Cascade:
         for q in self.queries.values():
             n1 = min(q.done1, plan.k1)
             q.order1 = stage1_order(q, self.v1, n1) if n1 else np.zeros(0, np.int64)
-        if ok and rr_top:
+        if ok and graphs:
             t0 = self.deadline.clock()
-            ok = self._rerank(rr_top, plan)
+            ok = self._rerank(graphs)
             self.seconds["rerank"] = self.deadline.clock() - t0
         if not ok or self.stage2 is None or plan.k2 <= 0:
             if not ok and self.stage2 is not None:
@@ -673,67 +671,93 @@ class Cascade:
         self.pairs["stage2"] = self.rate2.items
         return plan
 
-    def _rerank_codes(self, q: QueryState, top: int) -> tuple[np.ndarray, np.ndarray]:
-        """Positions of the query's top stage-1 candidates, and the codes of their pairs (upper triangle)."""
-        pos = q.order1[:top]
-        si = q.sha_idx[pos]
-        a, b = np.triu_indices(len(pos), 1)
-        return pos, np.minimum(si[a], si[b]) * self.n_sha + np.maximum(si[a], si[b])
+    # --- re-ranking with each scenario's database ---------------------------------------------
 
-    def _rerank(self, top: int, plan: Plan) -> bool:
-        """Verify each query's top stage-1 candidates against each other, then re-score them (see the
-        module docstring). Queries are done in order; if the deadline guard stops the verification,
-        the queries not reached keep their stage-1 ranking. False if it was stopped."""
-        queries = [q for q in self.queries.values() if len(q.order1) > 1]
-        pending: list[QueryState] = []
-        codes_pending: set[int] = set()
-        total = sum(len(q.order1[:top]) * (len(q.order1[:top]) - 1) // 2 for q in queries)
-        needed = {int(c) for q in queries for c in self._rerank_codes(q, top)[1] if int(c) not in self.v1}
-        if needed and self.stored_before.get(self.stage1.name):
-            cached = self.stage1.cached([self._decode(c) for c in needed])
-            needed = {c for c in needed if self._decode(c) not in cached}
-        if self.rate1.measured:
-            plan.revised_projection_s = self.deadline.elapsed() + self.rate1.seconds_for(len(needed)) + plan.seconds2
-        log.info("re-ranking: %d database pairs to verify for %d queries' top %d candidates (%s)%s", len(needed),
-                 len(queries), top, self.rate1, f"; projected run time now {plan.revised_projection_s:.0f} s"
-                 if self.rate1.measured else "")
-        ok, reranked = True, 0
-        with tqdm(total=total, desc="re-rank pairs", unit="pair", disable=not self.engine.progress,
+    def _database_graphs(self) -> dict[str, np.ndarray]:
+        """Per scenario: the content-hash indices of its usable database images (sorted)."""
+        members: dict[str, set[int]] = {}
+        for q in self.queries.values():
+            members.setdefault(q.scenario, set()).update(int(i) for i in q.sha_idx)
+        return {sc: np.array(sorted(m), np.int64) for sc, m in members.items() if len(m) > 1}
+
+    def _graph_codes(self, members: np.ndarray) -> np.ndarray:
+        a, b = np.triu_indices(len(members), 1)
+        return members[a] * self.n_sha + members[b]  # members are sorted: the canonical pair code
+
+    def _uncached_graph_pairs(self, graphs: dict[str, np.ndarray]) -> int:
+        """Distinct database pairs of all the graphs that are neither verified in this run nor stored."""
+        if not graphs:
+            return 0
+        codes = np.unique(np.concatenate([self._graph_codes(m) for m in graphs.values()]))
+        # query-database pairs that are also database pairs (leave-one-out scenarios) are stage 1's
+        codes = codes[~np.isin(codes, self._query_codes())]
+        if len(codes) and self.stored_before.get(self.stage1.name):
+            cached = self.stage1.cached([self._decode(int(c)) for c in codes])
+            return int(len(codes) - len(cached))
+        return int(len(codes))
+
+    def _rerank(self, graphs: dict[str, np.ndarray]) -> bool:
+        """Verify every pair of each scenario's database (smallest scenarios first), then re-score its
+        queries. A scenario the deadline guard stops keeps its stage-1 ranking. False if one was stopped."""
+        total = sum(len(m) * (len(m) - 1) // 2 for m in graphs.values())
+        ok, done_codes = True, []
+        with tqdm(total=total, desc="re-rank: database pairs", unit="pair", disable=not self.engine.progress,
                   leave=False) as bar:
-            for q in queries + [None]:
-                if q is not None:
-                    _, codes = self._rerank_codes(q, top)
-                    pending.append(q)
-                    codes_pending.update(int(c) for c in codes if int(c) not in self.v1)
-                    bar.update(len(codes))
-                size = 64 if not self.rate1.measured else max(16, int(self.rate1.per_s * self.s.chunk_s))
-                if q is not None and len(codes_pending) < size:
-                    continue
-                todo = sorted(codes_pending)
-                if todo and not self.deadline.allows(self.rate1.seconds_for(len(todo)) if self.rate1.measured else 0):
-                    self.deadline.trip(f"re-ranking stopped with {len(queries) - reranked} of {len(queries)} "
-                                       f"queries left (they keep their stage-1 ranking)")
-                    self.cut.append("re-rank")
-                    ok = False
-                    break
-                before = self.stage1.computed
-                self._score_codes(self.stage1, self.rate1, self.v1, todo)
-                self.pairs["rerank"] += self.stage1.computed - before
-                for p in pending:
-                    self._apply_rerank(p, top)
-                reranked += len(pending)
-                pending, codes_pending = [], set()
+            for sc, members in sorted(graphs.items(), key=lambda kv: (len(kv[1]), kv[0])):
+                codes = self._graph_codes(members)
+                if self.rate1.measured:  # a scenario is re-ranked whole or not at all: does it fit?
+                    left = [int(c) for c in codes if int(c) not in self.v1]
+                    if left and self.stored_before.get(self.stage1.name):
+                        cached = self.stage1.cached([self._decode(c) for c in left])
+                        left = [c for c in left if self._decode(c) not in cached]
+                    if not self.deadline.allows(self.rate1.seconds_for(len(left))):
+                        self.deadline.trip(f"re-ranking stopped before scenario {sc} ({len(left)} database pairs "
+                                           f"would pass the deadline): its queries and those of the larger "
+                                           f"scenarios keep their stage-1 ranking")
+                        self.cut.append("re-rank")
+                        return False
+                scores = np.zeros(len(codes), np.float32)
+                start = 0
+                while start < len(codes):
+                    size = 512 if not self.rate1.measured else max(256, int(self.rate1.per_s * self.s.chunk_s))
+                    part = codes[start : start + size]
+                    todo = [int(c) for c in part if int(c) not in self.v1]
+                    if todo and not self.deadline.allows(self.rate1.seconds_for(len(todo)) if self.rate1.measured
+                                                         else 0.0):
+                        self.deadline.trip(f"re-ranking stopped at scenario {sc}: its queries and those of the "
+                                           f"larger scenarios keep their stage-1 ranking")
+                        self.cut.append("re-rank")
+                        return False
+                    got: dict[int, tuple[float, float]] = {}
+                    before = self.stage1.computed
+                    self._score_codes(self.stage1, self.rate1, got, todo)
+                    self.pairs["rerank"] += self.stage1.computed - before
+                    scores[start : start + len(part)] = [self.v1[int(c)][0] if int(c) in self.v1 else got[int(c)][0]
+                                                         for c in part]
+                    start += len(part)
+                    bar.update(len(part))
+                w = np.zeros((len(members), len(members)), np.float32)
+                a, b = np.triu_indices(len(members), 1)
+                w[a, b] = scores
+                w[b, a] = scores
+                done_codes.append(codes)
+                row = {int(m): i for i, m in enumerate(members)}
+                for q in self.queries.values():
+                    if q.scenario == sc and len(q.order1):
+                        self._apply_rerank(q, w, row)
+                self.database_pairs = int(np.setdiff1d(np.concatenate(done_codes), self._query_codes()).size)
         return ok
 
-    def _apply_rerank(self, q: QueryState, top: int) -> None:
-        pos, codes = self._rerank_codes(q, top)
-        n = len(pos)
-        w = np.zeros((n, n))
-        a, b = np.triu_indices(n, 1)
-        w[a, b] = w[b, a] = [self.v1[int(c)][0] for c in codes]
+    def _query_codes(self) -> np.ndarray:
+        return np.concatenate([q.pair_codes for q in self.queries.values()] or [np.zeros(0, np.int64)])
+
+    def _apply_rerank(self, q: QueryState, w: np.ndarray, row: dict[int, int]) -> None:
+        """Re-score the query's stage-1 candidates with the database graph ``w`` (rows: ``row[sha index]``)."""
+        pos = q.order1
+        idx = np.array([row[int(i)] for i in q.sha_idx[pos]], np.int64)
         direct = _vals(q.pair_codes[pos], self.v1)[0]
         q.rr = np.full(len(q.usable), np.nan)
-        q.rr[pos] = reranking.rerank(direct, w, weight=self.s.rerank_weight)
+        q.rr[pos] = reranking.rerank(direct, w[np.ix_(idx, idx)], weight=self.s.rerank_weight)
         q.order1 = stage1_order(q, self.v1, len(q.order1))
 
     def _pilot_uncached(self, limit_s: float, want: int = 32) -> None:

@@ -162,28 +162,28 @@ def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0)
     assert counts.max() == counts.min() == 20  # 35 and 24 candidates, capped at 20
 
 
-@pytest.mark.parametrize("ks", [(5, 3, 0), (None, None, 0), (8, 3, 5), (None, None, 6)])
+@pytest.mark.parametrize("ks", [(5, 3, False), (None, None, False), (8, 3, True), (None, None, True)])
 def test_query_alone_or_in_the_full_run_gets_identical_rows(whales, tmp_path, with_stage0, ks):
     root, meta = whales
-    k1, k2, rerank_top = ks
+    k1, k2, rerank = ks
     full = data.load(root)
     sub_full, _ = rank_scenarios(full, engine(tmp_path, "full", global_descriptor=with_stage0), k1=k1, k2=k2,
-                                 rerank_top=rerank_top)
+                                 rerank=rerank)
     alone = data.load(root)
     target = alone.scenarios[0]
     alone.scenarios = [target]
     target.queries = target.queries.iloc[[3]].reset_index(drop=True)
     sub_alone, _ = rank_scenarios(alone, engine(tmp_path, "alone", global_descriptor=with_stage0), k1=k1, k2=k2,
-                                  rerank_top=rerank_top)
+                                  rerank=rerank)
     qid = target.queries["query_id"].iloc[0]
     expected = sub_full[sub_full["query_id"] == qid].reset_index(drop=True)
     assert len(expected) == 20
     pd.testing.assert_frame_equal(sub_alone.reset_index(drop=True), expected)
 
 
-def test_rerank_uses_the_pairs_among_each_querys_top_candidates(whales, tmp_path):
-    """Re-ranking verifies the database pairs among each query's top R stage-1 candidates (and no others),
-    re-scores exactly those with matcher.rerank, and the submission follows the new scores."""
+def test_rerank_uses_the_pairs_within_each_scenarios_database(whales, tmp_path):
+    """Re-ranking verifies every pair of each scenario's database, re-scores each query's stage-1
+    candidates with matcher.rerank on that graph, and the submission follows the new scores."""
     root, meta = whales
     eng = engine(tmp_path, stage2="none")
     # Weaken each query's verdict with the last view of its whale (as across years): only the path
@@ -205,31 +205,29 @@ def test_rerank_uses_the_pairs_among_each_querys_top_candidates(whales, tmp_path
             return out
 
     eng.verifier = Weakened()
-    res = run_cascade(data.load(root), eng, CascadeSettings(rerank_top=4))
-    n = len(res.shas)
+    challenge = data.load(root)
+    res = run_cascade(challenge, eng, CascadeSettings(rerank=True))
+    shas = {i: _sha_of(eng, i, root) for i in meta["image_id"]}
+    databases = {sc.scenario_id: list(sc.database) for sc in challenge.scenarios}
+    assert res.pairs["rerank"] == len({tuple(sorted((shas[a], shas[b]))) for db in databases.values()
+                                       for i, a in enumerate(db) for b in db[i + 1:]} - {
+        tuple(sorted(res.shas[c] for c in divmod(int(code), len(res.shas)))) for code in res.stage1})
     lifted = 0
     for qid, rows in res.submission.groupby("query_id"):
         q = res.queries[qid]
+        cands = [q.candidates[i] for i in q.usable]
         direct = np.array([res.stage1[int(c)][0] for c in q.pair_codes])
-        graph = np.flatnonzero(~np.isnan(q.rr))
-        assert len(graph) == 4 and direct[graph].min() >= np.delete(direct, graph).max()  # the 4 best verdicts
-        si = q.sha_idx[graph]
-        w = np.zeros((4, 4))
-        for a in range(4):
-            for b in range(a + 1, 4):
-                code = min(si[a], si[b]) * n + max(si[a], si[b])
-                w[a, b] = w[b, a] = res.stage1[int(code)][0]  # verified and kept
-        expected = reranking.rerank(direct[graph], w)
-        assert q.rr[graph] == pytest.approx(expected)
-        final = direct.copy()
-        final[graph] = np.maximum(direct[graph], expected)
-        pos = {q.candidates[q.usable[p]]: p for p in range(len(q.usable))}
-        assert rows["score"].tolist() == pytest.approx([final[pos[d]] for d in rows["database_image_id"]])
+        w = np.zeros((len(cands), len(cands)))
+        pairs = {(a, b): tuple(sorted((shas[a], shas[b]))) for i, a in enumerate(cands) for b in cands[i + 1:]}
+        verdicts = eng.verifier(set(pairs.values()), eng.feature_stage.loaded)  # read back from the store
+        for (a, b), key in pairs.items():
+            w[cands.index(a), cands.index(b)] = w[cands.index(b), cands.index(a)] = verdicts[key]["score"]
+        expected = np.maximum(direct, reranking.rerank(direct, w))
+        assert q.rr == pytest.approx(expected)
+        assert rows["score"].tolist() == pytest.approx([expected[cands.index(d)] for d in rows["database_image_id"]])
         assert rows["score"].is_monotonic_decreasing
-        lifted += int((final > direct + 1e-9).sum())
+        lifted += int((expected > direct + 1e-9).sum())
     assert lifted >= len(res.queries)  # at least each query's weakened view was lifted by the database
-    verified_db = len(res.stage1) - len({int(c) for q in res.queries.values() for c in q.pair_codes})
-    assert 0 < verified_db <= sum(6 for _ in res.queries)  # at most C(4, 2) database pairs per query
 
 
 def test_cascade_finds_the_whales_with_a_tight_k(whales, tmp_path, with_stage0):
@@ -307,3 +305,54 @@ def test_a_resumed_run_with_its_pilot_pairs_cached_still_plans_everything(whales
     assert eng.verifier.verified > 0  # only what the first run had not verified
     reference = run_cascade(data.load(root), engine(tmp_path, "ref", stage2="none"), CascadeSettings())
     pd.testing.assert_frame_equal(res.submission, reference.submission)
+
+
+def test_rerank_is_done_per_scenario_while_the_budget_allows(whales, tmp_path):
+    """On a clock where every verified pair costs one second: stage 1 runs whole, then the smaller
+    scenario's database fits in the time left and is re-ranked, the larger one does not and keeps its
+    stage-1 ranking; the guard says so and every query is still answered."""
+    _, meta = whales
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    for p in meta["path"]:
+        (root / p).write_bytes((whales[0] / p).read_bytes())
+    views = meta.groupby("whale_id")["image_id"].agg(list).tolist()
+    write_layout(root, meta, {  # databases share no image and no query-database pair
+        "small": ([v[0] for v in views[:2]], [i for v in views[:4] for i in v[1:]]),
+        "large": ([v[0] for v in views[4:6]], [i for v in views[4:12] for i in v[1:]]),
+    })
+    now = [0.0]
+
+    def timed_engine(name):
+        eng = engine(tmp_path, name, stage2="none")
+        real = eng.verifier
+
+        class Timed:
+            def __getattr__(self, attr):
+                return getattr(real, attr)
+
+            def __call__(self, pairs, feats):
+                before = real.verified
+                out = real(pairs, feats)
+                now[0] += real.verified - before  # one second per pair computed
+                return out
+
+        eng.verifier = Timed()
+        return eng
+
+    settings = CascadeSettings(k1=10_000, rerank=True)
+    ref = run_cascade(data.load(root), timed_engine("ref"), settings, Deadline(float("inf"), clock=lambda: now[0]))
+    n1 = ref.pairs["stage1"]
+    assert n1 == 2 * 8 + 2 * 16 and ref.pairs["rerank"] == 28 + 120
+    budget = (n1 + 28 + 30) / 0.99  # the deadline keeps 20 s + 1% back for writing the result
+    now[0] = 0.0
+    deadline = Deadline(budget, clock=lambda: now[0])
+    res = run_cascade(data.load(root), timed_engine("cut"), settings, deadline)
+    assert res.pairs["stage1"] == n1 and res.pairs["rerank"] == 28
+    assert res.cut == ["re-rank"] and any("before scenario large" in t for t in deadline.tripped)
+    plain = run_cascade(data.load(root), engine(tmp_path, "ref", stage2="none"), CascadeSettings(k1=10_000))
+    for qid, q in res.queries.items():
+        assert (q.rr is not None) == (q.scenario == "small")
+        expected = (ref if q.scenario == "small" else plain).submission
+        pd.testing.assert_frame_equal(res.submission[res.submission["query_id"] == qid].reset_index(drop=True),
+                                      expected[expected["query_id"] == qid].reset_index(drop=True))

@@ -264,7 +264,8 @@ def test_cache_path_through_a_regular_file(small, tmp_path):
     blocker.write_text("a file where the cache folder should be")
     out = tmp_path / "submission.csv"
     res = subprocess.run([sys.executable, str(REPO / "main.py"), "--data-dir", str(root), "--output", str(out),
-                          "--cache-dir", str(blocker / "cache"), "--preset", PRESET, "--quiet"],
+                          "--cache-dir", str(blocker / "cache"), "--preset", PRESET, "--quiet",
+                          "--rerank", "none"],  # as the in-process reference
                          capture_output=True, text=True, timeout=600, env=ENV)
     assert res.returncode == 0, res.stderr
     assert re.search(r"feature cache at \S+ is not writable \(.*Not a directory.*\); continuing without caching",
