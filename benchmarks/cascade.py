@@ -276,7 +276,7 @@ def main(argv=None) -> int:
         say("```")
         say(pd.DataFrame(grid).to_string(index=False, float_format=lambda x: f"{x:.3f}"))
         say("```")
-        base = maps[f"K1=all K2=0"]["overall"]
+        base = maps["K1=all K2=0"]["overall"]
         best = max((g for g in grid if g["stage2 pairs"] > 0), key=lambda g: g["mAP@20"], default=None)
         if best:
             say(f"exhaustive stage 1: mAP@20 {base:.4f}; best cascade (max) {best['cascade']}: {best['mAP@20']:.4f} "

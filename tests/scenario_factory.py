@@ -47,3 +47,15 @@ def write_layout(root: Path, meta: pd.DataFrame, scenarios: dict[str, tuple[list
         pd.DataFrame({"database_image_id": database}).to_csv(root / f"databases/{sid}.csv", index=False)
         index.append({"scenario_id": sid, "queries_path": f"queries/{sid}.csv", "database_path": f"databases/{sid}.csv"})
     pd.DataFrame(index).to_csv(root / "query_scenarios.csv", index=False)
+
+
+def loo_and_split(root: Path, n_whales: int, n_loo: int, per_whale: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Generated whales in two scenarios: ``loo``, the first view of whales ``0..n_loo-1`` as queries
+    against every image (leave-one-out: queries are part of the database), and ``split``, the first
+    view of the other whales against every image that is not a first view. Returns the metadata."""
+    meta = make_whales(root, n_whales=n_whales, per_whale=per_whale, seed=seed)
+    ids = meta["image_id"].tolist()
+    firsts = meta.groupby("whale_id")["image_id"].first().tolist()
+    rest = [i for i in ids if i not in firsts]
+    write_layout(root, meta, {"loo": (firsts[:n_loo], ids), "split": (firsts[n_loo:], rest)})
+    return meta

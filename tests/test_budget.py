@@ -14,7 +14,7 @@ from matcher import submission
 from matcher.budget import Deadline, Rate, largest_k, plan_cascade
 
 from conftest import REPO
-from scenario_factory import make_whales, write_layout
+from scenario_factory import loo_and_split
 
 N_QUERIES, DB = 400, 300  # a workload of 400 queries against databases of 300 images
 
@@ -103,11 +103,7 @@ def test_rate_before_and_after_measuring():
 @pytest.fixture(scope="module")
 def whales(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
-    meta = make_whales(root, n_whales=8, per_whale=3, seed=5)
-    ids = meta["image_id"].tolist()
-    firsts = meta.groupby("whale_id")["image_id"].first().tolist()
-    write_layout(root, meta, {"loo": (firsts[:5], ids), "split": (firsts[5:], [i for i in ids if i not in firsts])})
-    return root, meta
+    return root, loo_and_split(root, n_whales=8, n_loo=5, seed=5)
 
 
 def run_main(root: Path, out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -14,7 +14,7 @@ from matcher.errors import WeightsError
 from matcher.pipeline import Engine, rank_scenarios, run_cascade
 from matcher.shortlist import CascadeSettings
 
-from scenario_factory import make_whales, write_layout
+from scenario_factory import loo_and_split, write_layout
 
 PRESET = "sift-mnn"
 
@@ -53,12 +53,7 @@ def recording_stage(monkeypatch):
 def whales(tmp_path_factory):
     """12 whales x 3 views; one leave-one-out scenario (36 images) and one split scenario."""
     root = tmp_path_factory.mktemp("cascade")
-    meta = make_whales(root, n_whales=12, per_whale=3, seed=3)
-    ids = meta["image_id"].tolist()
-    firsts = meta.groupby("whale_id")["image_id"].first().tolist()
-    rest = [i for i in ids if i not in firsts]
-    write_layout(root, meta, {"loo": (firsts[:8], ids), "split": (firsts[8:], rest)})
-    return root, meta
+    return root, loo_and_split(root, n_whales=12, n_loo=8, seed=3)
 
 
 @pytest.fixture(scope="module")

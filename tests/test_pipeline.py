@@ -14,7 +14,7 @@ from matcher import data
 from matcher.pipeline import Engine, rank_scenarios
 
 from conftest import REPO
-from scenario_factory import make_whales, write_layout
+from scenario_factory import loo_and_split, write_layout
 
 PRESET = "sift-mnn"  # needs no weights and is fast; the DISK path is covered in test_verification/test_real_photos
 
@@ -36,15 +36,7 @@ def stats_line(log: str) -> tuple[int, int]:
 def whales(tmp_path_factory) -> tuple[Path, pd.DataFrame]:
     """Two scenarios over 9 whales x 3 images: one leave-one-out (27 images), one query-vs-other-images."""
     root = tmp_path_factory.mktemp("whales")
-    meta = make_whales(root, n_whales=9, per_whale=3)
-    ids = meta["image_id"].tolist()
-    firsts = meta.groupby("whale_id")["image_id"].first().tolist()
-    rest = [i for i in ids if i not in firsts]
-    write_layout(root, meta, {
-        "loo": (firsts[:6], ids),  # queries are part of the database
-        "split": (firsts[6:], rest),
-    })
-    return root, meta
+    return root, loo_and_split(root, n_whales=9, n_loo=6)
 
 
 def test_submission_rules_and_second_run_is_free(whales, tmp_path):
