@@ -700,7 +700,7 @@ class Cascade:
         """Verify every pair of each scenario's database (smallest scenarios first), then re-score its
         queries. A scenario the deadline guard stops keeps its stage-1 ranking. False if one was stopped."""
         total = sum(len(m) * (len(m) - 1) // 2 for m in graphs.values())
-        ok, done_codes = True, []
+        done_codes = []
         with tqdm(total=total, desc="re-rank: database pairs", unit="pair", disable=not self.engine.progress,
                   leave=False) as bar:
             for sc, members in sorted(graphs.items(), key=lambda kv: (len(kv[1]), kv[0])):
@@ -746,7 +746,7 @@ class Cascade:
                     if q.scenario == sc and len(q.order1):
                         self._apply_rerank(q, w, row)
                 self.database_pairs = int(np.setdiff1d(np.concatenate(done_codes), self._query_codes()).size)
-        return ok
+        return True
 
     def _query_codes(self) -> np.ndarray:
         return np.concatenate([q.pair_codes for q in self.queries.values()] or [np.zeros(0, np.int64)])
