@@ -50,6 +50,7 @@ from matcher.metrics import mean_average_precision, top1_accuracy  # noqa: E402
 from matcher.pair_cache import canonical  # noqa: E402
 from matcher.pipeline import Engine, candidate_lists  # noqa: E402
 from matcher.ranking import SUBMISSION_COLUMNS, rank_query  # noqa: E402
+from matcher.verification import score_from_strength  # noqa: E402
 from matcher.score import LABEL_COLUMNS, read_submission, read_table, scenario_of_queries  # noqa: E402
 
 log = logging.getLogger("eval")
@@ -75,11 +76,6 @@ def _inlier_ratio(v: dict) -> float:
 SCORE_FUNCTIONS = {"strength": _strength, "inliers": _inliers, "inlier-ratio": _inlier_ratio}
 
 
-def squash(strength: float, scale: float) -> float:
-    """A strength in [0, inf) as a score in [0, 1), like the engine's ``s / (s + scale)``."""
-    return float(strength / (strength + scale)) if strength > 0 else 0.0
-
-
 # --- ranking -----------------------------------------------------------------------------------------
 
 
@@ -88,7 +84,6 @@ def rank_with_levers(challenge, engine: Engine, score_name: str, rerank_opts: di
     shas, _ = engine.prepare_images(challenge, _needed(challenge))  # from the feature cache main.py filled
     candidates = candidate_lists(challenge)
     score_fn = SCORE_FUNCTIONS[score_name]
-    scale = engine.conf["verifier"]["score_scale"]
     pairs = {canonical(shas[q], shas[c]) for q, cs in candidates.values() if q in shas for c in cs if c in shas}
     db_pairs = set()
     if rerank_opts is not None:
@@ -103,7 +98,7 @@ def rank_with_levers(challenge, engine: Engine, score_name: str, rerank_opts: di
     def score(a: str, b: str) -> float:
         if a not in shas or b not in shas:
             return 0.0
-        return squash(score_fn(verdicts[canonical(shas[a], shas[b])]), scale)
+        return score_from_strength(score_fn(verdicts[canonical(shas[a], shas[b])]), engine.conf["verifier"])
 
     frames, expected = [], {}
     for sc in challenge.scenarios:

@@ -11,7 +11,6 @@ with the expected answers for validation.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,7 +67,7 @@ class Engine:
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.feature_stage = FeatureStage(self.conf["extractor"], self.device, cache_dir, progress)
         store = PairCache(Path(cache_dir) / "pairs.sqlite" if cache_dir else None, presets.verdict_key(self.conf))
-        self.workers = workers or max(1, min(os.cpu_count() or 1, 8))
+        self.workers = devices.cpu_workers(workers)
         self.verifier = PairVerifier(self.conf, self.device, store, self.workers, progress)
         self.stats = Stats()
         self.stage2_name = default_stage2(self.conf) if stage2 == "auto" else stage2

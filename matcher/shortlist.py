@@ -700,13 +700,15 @@ class Cascade:
         """Verify every pair of each scenario's database (smallest scenarios first), then re-score its
         queries. A scenario the deadline guard stops keeps its stage-1 ranking. False if one was stopped."""
         total = sum(len(m) * (len(m) - 1) // 2 for m in graphs.values())
+        known = np.fromiter(self.v1, np.int64, len(self.v1))  # stage 1's verdicts (query-database pairs)
         done_codes = []
         with tqdm(total=total, desc="re-rank: database pairs", unit="pair", disable=not self.engine.progress,
                   leave=False) as bar:
             for sc, members in sorted(graphs.items(), key=lambda kv: (len(kv[1]), kv[0])):
                 codes = self._graph_codes(members)
+                fresh = ~np.isin(codes, known)
                 if self.rate1.measured:  # a scenario is re-ranked whole or not at all: does it fit?
-                    left = [int(c) for c in codes if int(c) not in self.v1]
+                    left = codes[fresh].tolist()
                     if left and self.stored_before.get(self.stage1.name):
                         cached = self.stage1.cached([self._decode(c) for c in left])
                         left = [c for c in left if self._decode(c) not in cached]
@@ -716,26 +718,24 @@ class Cascade:
                                            f"scenarios keep their stage-1 ranking")
                         self.cut.append("re-rank")
                         return False
-                scores = np.zeros(len(codes), np.float32)
+                got: dict[int, tuple[float, float]] = {}
                 start = 0
                 while start < len(codes):
                     size = 512 if not self.rate1.measured else max(256, int(self.rate1.per_s * self.s.chunk_s))
-                    part = codes[start : start + size]
-                    todo = [int(c) for c in part if int(c) not in self.v1]
+                    todo = codes[start : start + size][fresh[start : start + size]].tolist()
                     if todo and not self.deadline.allows(self.rate1.seconds_for(len(todo)) if self.rate1.measured
                                                          else 0.0):
                         self.deadline.trip(f"re-ranking stopped at scenario {sc}: its queries and those of the "
                                            f"larger scenarios keep their stage-1 ranking")
                         self.cut.append("re-rank")
                         return False
-                    got: dict[int, tuple[float, float]] = {}
                     before = self.stage1.computed
                     self._score_codes(self.stage1, self.rate1, got, todo)
                     self.pairs["rerank"] += self.stage1.computed - before
-                    scores[start : start + len(part)] = [self.v1[int(c)][0] if int(c) in self.v1 else got[int(c)][0]
-                                                         for c in part]
-                    start += len(part)
-                    bar.update(len(part))
+                    bar.update(min(size, len(codes) - start))
+                    start += size
+                scores = np.array([(got if f else self.v1)[c][0] for c, f in zip(codes.tolist(), fresh.tolist())],
+                                  np.float32)
                 w = np.zeros((len(members), len(members)), np.float32)
                 a, b = np.triu_indices(len(members), 1)
                 w[a, b] = scores

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -10,6 +12,14 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def run_main(data_dir: Path, output: Path, cache: Path, *extra: str, preset: str = "sift-mnn",
+             env: dict | None = None) -> subprocess.CompletedProcess:
+    """main.py in a subprocess on ``data_dir`` (``sift-mnn`` by default: no weights, fast), quiet."""
+    cmd = [sys.executable, str(REPO / "main.py"), "--data-dir", str(data_dir), "--output", str(output),
+           "--cache-dir", str(cache), "--preset", preset, "--quiet", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
 def belugas_dir() -> Path:

@@ -3,8 +3,6 @@ a run with a budget too small for anything still writes a complete, valid submis
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +11,7 @@ import pytest
 from matcher import submission
 from matcher.budget import Deadline, Rate, largest_k, plan_cascade
 
-from conftest import REPO
+from conftest import run_main
 from scenario_factory import loo_and_split
 
 N_QUERIES, DB = 400, 300  # a workload of 400 queries against databases of 300 images
@@ -104,12 +102,6 @@ def test_rate_before_and_after_measuring():
 def whales(tmp_path_factory):
     root = tmp_path_factory.mktemp("budget")
     return root, loo_and_split(root, n_whales=8, n_loo=5, seed=5)
-
-
-def run_main(root: Path, out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "main.py"), "--data-dir", str(root), "--output", str(out), "--cache-dir",
-           str(cache), "--preset", "sift-mnn", "--quiet", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def expected_answers(root: Path) -> dict:

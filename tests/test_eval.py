@@ -28,7 +28,3 @@ def test_score_by_type_means_over_queries_and_overall():
     md = benchmark.markdown(table.reset_index())
     assert "| **overall** | 3 | 0.5000 | 0.3333 |" in md
 
-
-def test_squash_matches_the_engine_score():
-    assert benchmark.squash(20.0, 20.0) == pytest.approx(0.5)
-    assert benchmark.squash(0.0, 20.0) == 0.0

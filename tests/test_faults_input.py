@@ -23,7 +23,8 @@ from matcher.pair_cache import PairCache
 from matcher.pair_verifier import PairVerifier
 from matcher.pipeline import Engine, rank_scenarios
 
-from conftest import REPO, textured_image
+import conftest
+from conftest import textured_image
 from faultdata import (FIELDS, bad_folder, clean_folder, encode, huge_jpeg, meta_row,
                        png_header_only, whale_views, write_csv, write_scenarios)
 
@@ -32,9 +33,7 @@ ENV = {**os.environ, "WHALEMATCH_TIME_BUDGET": "none", "WHALEMATCH_STAGE2": "non
 
 
 def run_main(data_dir: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "main.py"), "--data-dir", str(data_dir), "--output", str(out),
-           "--cache-dir", str(cache), "--preset", PRESET, "--quiet"]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=ENV)
+    return conftest.run_main(data_dir, out, cache, preset=PRESET, env=ENV)
 
 
 def read_submission(path: Path) -> pd.DataFrame:

@@ -10,8 +10,6 @@ import importlib.util
 import logging
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +18,7 @@ import pytest
 from matcher import atomic, data, device, feature_cache, features, presets, submission
 from matcher.pipeline import Engine, rank_scenarios
 
-from conftest import REPO
+from conftest import REPO, run_main
 from faultdata import clean_folder
 
 PRESET = "sift-mnn"
@@ -263,10 +261,7 @@ def test_cache_path_through_a_regular_file(small, tmp_path):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     out = tmp_path / "submission.csv"
-    res = subprocess.run([sys.executable, str(REPO / "main.py"), "--data-dir", str(root), "--output", str(out),
-                          "--cache-dir", str(blocker / "cache"), "--preset", PRESET, "--quiet",
-                          "--rerank", "none"],  # as the in-process reference
-                         capture_output=True, text=True, timeout=600, env=ENV)
+    res = run_main(root, out, blocker / "cache", "--rerank", "none", preset=PRESET, env=ENV)  # as the reference
     assert res.returncode == 0, res.stderr
     assert re.search(r"feature cache at \S+ is not writable \(.*Not a directory.*\); continuing without caching",
                      res.stderr), res.stderr

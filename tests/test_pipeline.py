@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,16 +11,10 @@ import pytest
 from matcher import data
 from matcher.pipeline import Engine, rank_scenarios
 
-from conftest import REPO
+from conftest import run_main
 from scenario_factory import loo_and_split, write_layout
 
 PRESET = "sift-mnn"  # needs no weights and is fast; the DISK path is covered in test_verification/test_real_photos
-
-
-def run_main(data_dir: Path, output: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, str(REPO / "main.py"), "--data-dir", str(data_dir), "--output", str(output),
-           "--cache-dir", str(cache), "--preset", PRESET, "--quiet", *extra]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600)
 
 
 def stats_line(log: str) -> tuple[int, int]:
