@@ -2,7 +2,8 @@
 
     python benchmarks/eval.py [--preset disk-mnn] [--data-dir data/dev] [--labels data/dev_labels.csv]
                               [--cache-dir DIR] [--score strength|inliers|inlier-ratio]
-                              [--offline-rerank] [--output FILE] [--append benchmarks/RESULTS.md --label TEXT]
+                              [--set STAGE.KEY=VALUE ...] [--offline-rerank] [--output FILE]
+                              [--append benchmarks/RESULTS.md --label TEXT]
                               [main.py options, e.g. --stage2 none --time-budget none]
 
 The ranking is ``main.py``'s own: its ``main()`` runs in this process with the options
@@ -17,6 +18,11 @@ query-database pair, computed where missing):
 - ``--offline-rerank`` also verifies every pair of database images within each scenario and
   re-ranks with :func:`matcher.rerank.rerank` (uses only the query and its own scenario's
   database, as the challenge allows).
+
+``--set stage.key=value`` (repeatable) runs the preset with a setting changed, under a
+preset name that says so (``disk-mnn[verifier.threshold=3]``) and with cache entries of its
+own (:func:`matcher.presets.variant`): a setting's lever is measured through main.py's
+own code path without editing ``matcher/presets.py``.
 
 It prints mAP@20 and top-1 per scenario type and overall (mean over queries, as in the
 challenge), with the run time and what was computed afresh, and with ``--append``
@@ -219,6 +225,9 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
     p.add_argument("--cache-dir", type=Path, default=settings.default_cache_dir())
     p.add_argument("--device", default=settings.env("DEVICE"))
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
+                   help="run the preset with this setting changed (repeatable), e.g. verifier.threshold=3 or "
+                        "extractor.max_keypoints=2048; a lever measured without editing matcher/presets.py")
     p.add_argument("--score", default="strength", choices=sorted(SCORE_FUNCTIONS),
                    help="score function of a stage-1 verdict (strength: the engine's own)")
     p.add_argument("--offline-rerank", action="store_true",
@@ -242,6 +251,11 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 def main(argv=None) -> int:
     args, passthrough = parse_args(argv)
     settings.setup_logging(False)
+    try:
+        args.preset = presets.variant(args.preset, args.set)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     lines = _Lines()
     logging.getLogger("main").addHandler(lines)
     try:

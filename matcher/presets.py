@@ -120,6 +120,58 @@ def resolve(pipeline: str) -> dict:
     }
 
 
+STAGES = ("extractor", "matcher", "verifier")
+_STAGE_TABLES = {"extractor": EXTRACTORS, "matcher": MATCHERS, "verifier": VERIFIERS}
+
+
+def parse_override(text: str) -> tuple[str, str, object]:
+    """``"stage.key=value"`` -> ``(stage, key, value)``; the value is read as JSON (numbers, booleans,
+    null, lists), and as a plain string when it is not JSON."""
+    path, sep, raw = text.partition("=")
+    stage, dot, key = path.strip().partition(".")
+    if not sep or not dot or not key or stage not in STAGES:
+        raise ValueError(f"setting override {text!r}: expected STAGE.KEY=VALUE with STAGE one of {', '.join(STAGES)}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return stage, key.strip(), value
+
+
+def variant(pipeline: str, overrides: list[str]) -> str:
+    """Register, in this process only, ``pipeline`` with some settings changed; return the new preset's name.
+
+    Each override is ``stage.key=value`` (see :func:`parse_override`) and must name a setting the
+    stage already has: a misspelt key would otherwise change only the cache key. The changed
+    stages get names ending in ``@`` and a digest of their settings, so their cache entries never
+    mix with the preset's own; the cache folder's ``settings.json`` records what they are.
+    Used by the accuracy benchmark to measure a lever without editing the presets.
+    """
+    conf = resolve(pipeline)
+    if not overrides:
+        return pipeline
+    for text in overrides:
+        stage, key, value = parse_override(text)
+        if key not in conf[stage] or key == "name":
+            known = ", ".join(sorted(k for k in conf[stage] if k != "name"))
+            raise ValueError(f"setting override {text!r}: {stage} {conf[stage]['name']!r} has no setting {key!r} "
+                             f"(it has {known})")
+        conf[stage][key] = value
+    names = {}
+    for stage in STAGES:
+        base = PIPELINES[pipeline][stage]
+        settings = {k: v for k, v in conf[stage].items() if k != "name"}
+        if settings == _STAGE_TABLES[stage][base]:
+            names[stage] = base
+            continue
+        digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+        names[stage] = f"{base}@{digest}"
+        _STAGE_TABLES[stage][names[stage]] = settings
+    name = f"{pipeline}[{','.join(overrides)}]"
+    PIPELINES[name] = names
+    return name
+
+
 def feature_key(conf: dict) -> str:
     """Cache key part for an extractor's settings."""
     return settings_key(conf["name"], conf)

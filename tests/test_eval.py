@@ -28,3 +28,32 @@ def test_score_by_type_means_over_queries_and_overall():
     md = benchmark.markdown(table.reset_index())
     assert "| **overall** | 3 | 0.5000 | 0.3333 |" in md
 
+
+
+def test_set_override_registers_a_variant_with_its_own_cache_keys():
+    from matcher import presets
+
+    base = presets.resolve("disk-mnn")
+    name = presets.variant("disk-mnn", ["verifier.threshold=3", "extractor.max_keypoints=2048"])
+    conf = presets.resolve(name)
+    assert name == "disk-mnn[verifier.threshold=3,extractor.max_keypoints=2048]"
+    assert conf["verifier"]["threshold"] == 3 and conf["extractor"]["max_keypoints"] == 2048
+    assert conf["matcher"] == base["matcher"]  # untouched stages keep their names and entries
+    assert presets.feature_key(conf["extractor"]) != presets.feature_key(base["extractor"])
+    assert presets.verdict_key(conf) != presets.verdict_key(base)
+    assert presets.resolve("disk-mnn") == base  # the preset itself is unchanged
+    assert presets.variant("disk-mnn", []) == "disk-mnn"
+    assert presets.parse_override("matcher.features=disk") == ("matcher", "features", "disk")
+
+
+@pytest.mark.parametrize("text, message", [
+    ("verifier.treshold=3", "has no setting 'treshold'"),  # a typo must not silently change only the cache key
+    ("threshold=3", "expected STAGE.KEY=VALUE"),
+    ("ranker.k=3", "expected STAGE.KEY=VALUE"),
+])
+def test_set_override_rejects_what_it_cannot_apply(text, message):
+    from matcher import presets
+
+    with pytest.raises(ValueError, match=message):
+        presets.variant("disk-mnn", [text])
+    assert benchmark.main(["--set", text]) == 2
