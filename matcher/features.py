@@ -8,9 +8,13 @@ Each wrapper turns RGB uint8 arrays into plain dicts of numpy arrays::
     size        (2,)   int32, original width and height
 
 Images are resized to a working size that depends on the image alone (see
-:func:`matcher.images.working_size`), and only images of equal working size
-share a batch, so a feature never depends on its batch-mates' content. On
-CUDA the batch size follows from the GPU memory cap (:mod:`matcher.device`)
+:func:`matcher.images.working_size`). DISK can also detect at ``extra_scales``
+(fractions of the working size's side, each with its own keypoint count); an
+image's features are then the keypoints of every scale in one set, working
+size first, so a photo that frames the whale tighter than another (a zoomed
+crop of half the body against a whole body) still finds its scale. Only images
+of equal size share a batch, so a feature never depends on its batch-mates'
+content. On CUDA the batch size follows from the GPU memory cap (:mod:`matcher.device`)
 and the working area; a batch that still runs out of memory is split (and
 later batches of that size kept smaller), and a single image that does not
 fit falls back to the CPU. On the CPU, DISK batches hold up to 4 images
@@ -72,8 +76,11 @@ class Extractor:
     # covered by EXTRACTION_SHARE.
     bytes_per_pixel = 0
     cpu_batch = 1  # images per batch on the CPU (only where batching leaves every bit unchanged)
+    multi_scale = False  # whether ``extra_scales`` can be honoured (the keypoint count is chosen per call)
 
     def __init__(self, conf: dict, device: str = "cpu", batch_size: int | None = None):
+        if conf.get("extra_scales") and not self.multi_scale:
+            raise ValueError(f"extractor {conf.get('name', conf['model'])!r}: extra_scales is supported for DISK only")
         self.conf = conf
         self.device = device
         self.fixed_batch = batch_size
@@ -84,10 +91,6 @@ class Extractor:
             self.memory_budget = int(cap * EXTRACTION_SHARE) if cap else None
         # the batch for a typical working size, for callers that size their own chunks (FeatureStage)
         self.batch_size = batch_size or (self.batch_for((640, 224)) if devices.is_cuda(device) else self.cpu_batch)
-
-    def _size(self, image: np.ndarray) -> tuple[int, int]:
-        h, w = image.shape[:2]
-        return self.working_size(w, h)
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
         c = self.conf
@@ -106,25 +109,39 @@ class Extractor:
             n = self.cpu_batch
         return min(n, self._oom_batch.get(size, n))
 
-    def extract(self, images: list[np.ndarray]) -> list[dict]:
-        """Features of each image, in input order."""
-        out: list[dict | None] = [None] * len(images)
-        groups: dict[tuple[int, int], list[int]] = defaultdict(list)
-        for i, img in enumerate(images):
-            groups[self._size(img)].append(i)
-        for size, idx in groups.items():
-            start = 0
-            while start < len(idx):
-                chunk = idx[start : start + self.batch_for(size)]
-                resized = [cv2.resize(images[i], size, interpolation=cv2.INTER_AREA) for i in chunk]
-                for i, feats in zip(chunk, self._run_safely(resized, self.device, size)):
-                    out[i] = self._to_original(feats, images[i].shape, size)
-                start += len(chunk)
-        return out  # type: ignore[return-value]
+    def scales(self) -> list[tuple[float, int]]:
+        """``(fraction of the working size's side, keypoints kept)`` per detection scale, the working size first."""
+        return [(1.0, int(self.conf["max_keypoints"]))] + [
+            (float(extra["scale"]), int(extra["max_keypoints"])) for extra in self.conf.get("extra_scales", [])]
 
-    def _run_safely(self, batch: list[np.ndarray], device: str, size: tuple[int, int] | None = None) -> list[dict]:
+    def scale_size(self, width: int, height: int, scale: float) -> tuple[int, int]:
+        """The working size of one detection scale (the working size itself at scale 1)."""
+        c = self.conf
+        return working_size(width, height, c["target_area"] * scale * scale, c["max_upscale"] * scale, c["multiple"])
+
+    def extract(self, images: list[np.ndarray]) -> list[dict]:
+        """Features of each image, in input order: the keypoints of every detection scale, working size first."""
+        scales = self.scales()
+        parts: list[list[dict | None]] = [[None] * len(scales) for _ in images]
+        groups: dict[tuple[tuple[int, int], int], list[tuple[int, int]]] = defaultdict(list)
+        for i, img in enumerate(images):
+            h, w = img.shape[:2]
+            for si, (scale, n) in enumerate(scales):
+                groups[(self.scale_size(w, h, scale), n)].append((i, si))
+        for (size, n), jobs in groups.items():
+            start = 0
+            while start < len(jobs):
+                chunk = jobs[start : start + self.batch_for(size)]
+                resized = [cv2.resize(images[i], size, interpolation=cv2.INTER_AREA) for i, _ in chunk]
+                for (i, si), feats in zip(chunk, self._run_safely(resized, self.device, size, n)):
+                    parts[i][si] = self._to_original(feats, images[i].shape, size)
+                start += len(chunk)
+        return [_concatenate(p) for p in parts]  # type: ignore[arg-type]
+
+    def _run_safely(self, batch: list[np.ndarray], device: str, size: tuple[int, int] | None = None,
+                    n: int | None = None) -> list[dict]:
         try:
-            return self._run(batch, device)
+            return self._run(batch, device, n)
         except RuntimeError as exc:  # torch.cuda.OutOfMemoryError is a RuntimeError
             if not devices.is_out_of_memory(exc) or not devices.is_cuda(device):
                 raise
@@ -136,9 +153,10 @@ class Extractor:
                 if size is not None:
                     self._oom_batch[size] = max(1, half)
                 log.warning("GPU out of memory on a batch of %d; splitting it", len(batch))
-                return self._run_safely(batch[:half], device, size) + self._run_safely(batch[half:], device, size)
+                return (self._run_safely(batch[:half], device, size, n)
+                        + self._run_safely(batch[half:], device, size, n))
             log.warning("GPU out of memory on one %dx%d image; extracting it on the CPU", *batch[0].shape[1::-1])
-            return self._run(batch, "cpu")
+            return self._run(batch, "cpu", n)
 
     def _to_original(self, feats: dict, shape: tuple, size: tuple[int, int]) -> dict:
         h, w = shape[:2]
@@ -154,8 +172,18 @@ class Extractor:
             "size": np.array([w, h], np.int32),
         }
 
-    def _run(self, batch: list[np.ndarray], device: str) -> list[dict]:
+    def _run(self, batch: list[np.ndarray], device: str, n: int | None = None) -> list[dict]:
+        """Features of a batch of equal-size images at their size; ``n``: keypoints kept (None: ``max_keypoints``)."""
         raise NotImplementedError
+
+
+def _concatenate(parts: list[dict]) -> dict:
+    """One image's features from several detection scales, in scale order."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {k: np.concatenate([p[k] for p in parts]) for k in ("keypoints", "descriptors", "scores")}
+    out["size"] = parts[0]["size"]
+    return out
 
 
 class TorchExtractor(Extractor):
@@ -180,11 +208,11 @@ class TorchExtractor(Extractor):
             x = x.pin_memory().to(device, non_blocking=True)
         return (x.permute(0, 3, 1, 2).float() / 255.0).contiguous()
 
-    def _run(self, batch: list[np.ndarray], device: str) -> list[dict]:
+    def _run(self, batch: list[np.ndarray], device: str, n: int | None = None) -> list[dict]:
         import torch
 
         with torch.inference_mode():
-            results = self._forward(self.model(device), self._tensor(batch, device))
+            results = self._forward(self.model(device), self._tensor(batch, device), n or self.conf["max_keypoints"])
             if devices.is_cuda(device):  # one transfer per field for the whole batch, not one per image
                 return [{k: v.float().cpu().numpy() for k, v in r.items()} for r in results]
         return [{k: v.float().numpy() for k, v in r.items()} for r in results]
@@ -192,12 +220,13 @@ class TorchExtractor(Extractor):
     def _build(self):
         raise NotImplementedError
 
-    def _forward(self, model, x) -> list[dict]:
+    def _forward(self, model, x, n: int) -> list[dict]:
         raise NotImplementedError
 
 
 class DiskExtractor(TorchExtractor):
     dim = 128
+    multi_scale = True
     bytes_per_pixel = 3000  # about 2,300 measured at 640 x 224 (330 MB per image)
     cpu_batch = 4
 
@@ -208,8 +237,8 @@ class DiskExtractor(TorchExtractor):
         load_weights_into(model, weights.load(f"disk-{self.conf['weights']}-save.pth")["extractor"], "DISK")
         return model
 
-    def _forward(self, model, x):
-        feats = model(x, n=self.conf["max_keypoints"], pad_if_not_divisible=True)
+    def _forward(self, model, x, n):
+        feats = model(x, n=n, pad_if_not_divisible=True)
         return [{"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.detection_scores} for f in feats]
 
 
@@ -228,7 +257,7 @@ class AlikedExtractor(TorchExtractor):
         load_weights_into(model, weights.load(f"{self.conf['weights']}.pth"), "ALIKED")
         return model
 
-    def _forward(self, model, x):
+    def _forward(self, model, x, n):  # the keypoint count is the model's own (extra scales are refused)
         feats = model(x)
         return [{"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.keypoint_scores} for f in feats]
 
@@ -259,15 +288,16 @@ class SiftExtractor(Extractor):
         with ThreadPoolExecutor(min(self.threads, len(images))) as pool:
             return list(pool.map(lambda img: super(SiftExtractor, self).extract([img])[0], images))
 
-    def _run(self, batch: list[np.ndarray], device: str) -> list[dict]:
+    def _run(self, batch: list[np.ndarray], device: str, n: int | None = None) -> list[dict]:
         out = []
+        n = n or self.conf["max_keypoints"]
         for img in batch:
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
             kps, desc = self.sift.detectAndCompute(gray, None)
             if desc is None or not kps:
                 out.append({"keypoints": np.zeros((0, 2)), "descriptors": np.zeros((0, 128)), "scores": np.zeros(0)})
                 continue
-            kps, desc = kps[: self.conf["max_keypoints"]], desc[: self.conf["max_keypoints"]]
+            kps, desc = kps[:n], desc[:n]
             if self.conf.get("rootsift", True):
                 desc = np.sqrt(desc / np.maximum(desc.sum(axis=1, keepdims=True), 1e-12))
             out.append(

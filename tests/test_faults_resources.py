@@ -34,13 +34,14 @@ class FakeGpuExtractor(features.Extractor):
 
     def __init__(self, fits: int = 10_000, error=RuntimeError):
         # built for the CPU (no CUDA here to size batches from), then told it runs on "cuda"
-        super().__init__({"target_area": 64 * 64, "max_upscale": 1.0, "multiple": 1}, "cpu", batch_size=8)
+        super().__init__({"target_area": 64 * 64, "max_upscale": 1.0, "multiple": 1, "max_keypoints": 1}, "cpu",
+                         batch_size=8)
         self.device = "cuda"
         self.fits = fits
         self.error = error
         self.calls: list[tuple[str, int]] = []
 
-    def _run(self, batch, device):
+    def _run(self, batch, device, n=None):
         self.calls.append((device, len(batch)))
         if device.startswith("cuda") and (len(batch) > 1 or batch[0].shape[1] > self.fits):
             raise self.error("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity)")
@@ -92,14 +93,14 @@ def test_oom_through_extract_keeps_every_image_and_its_order():
 def test_other_errors_are_not_mistaken_for_oom():
     ex = FakeGpuExtractor()
 
-    def boom(batch, device):
+    def boom(batch, device, n=None):
         raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
 
     ex._run = boom
     with pytest.raises(RuntimeError, match="CUDNN_STATUS_INTERNAL_ERROR"):
         ex._run_safely(_batch(2), "cuda")
     cpu = FakeGpuExtractor()
-    cpu._run = lambda batch, device: (_ for _ in ()).throw(RuntimeError("out of memory"))
+    cpu._run = lambda batch, device, n=None: (_ for _ in ()).throw(RuntimeError("out of memory"))
     with pytest.raises(RuntimeError, match="out of memory"):  # on the CPU there is nowhere to fall back to
         cpu._run_safely(_batch(2), "cpu")
 

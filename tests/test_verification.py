@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -64,3 +65,46 @@ def test_verdict_is_symmetric_after_canonical_order():
     v2 = verify(f0["keypoints"], f1["keypoints"], m01, s01, conf["verifier"])
     assert v1["n_inliers"] == v2["n_inliers"] and v1["model"] == v2["model"]  # seeded RANSAC
     assert canonical("b", "a") == canonical("a", "b") == ("a", "b")
+
+
+def _tight_crop(img: np.ndarray, zoom: int = 2):
+    """The middle of ``img`` enlarged ``zoom`` times to the same size (a photo framing the whale tighter), and
+    the known map from ``img``'s pixels to the crop's."""
+    h, w = img.shape[:2]
+    y0, x0 = h // 4, w // 4
+    crop = cv2.resize(img[y0 : y0 + h // zoom, x0 : x0 + w // zoom], (w, h), interpolation=cv2.INTER_CUBIC)
+    # cv2.resize maps pixel centres: x' + 0.5 = zoom * (x - x0 + 0.5)
+    return crop, np.array([[zoom, 0.0, zoom * (0.5 - x0) - 0.5], [0.0, zoom, zoom * (0.5 - y0) - 0.5]])
+
+
+def test_extra_detection_scale_matches_a_tighter_crop():
+    img = textured_image(2)
+    crop, true_model = _tight_crop(img)
+    single = presets.resolve("disk-mnn")
+    single["extractor"]["extra_scales"] = []
+    multi = presets.resolve("disk-mnn")
+    multi["extractor"]["extra_scales"] = [{"scale": 0.5, "max_keypoints": 512}]
+    s0, s1 = features.build(single["extractor"], "cpu").extract([img, crop])
+    m0, m1 = features.build(multi["extractor"], "cpu").extract([img, crop])
+    # the working size's keypoints come first and are exactly the single-scale ones; the extra scale adds its own
+    for s, m in ((s0, m0), (s1, m1)):
+        assert np.array_equal(m["keypoints"][: len(s["keypoints"])], s["keypoints"])
+        assert np.array_equal(m["descriptors"][: len(s["descriptors"])], s["descriptors"])
+        assert len(s["keypoints"]) < len(m["keypoints"]) <= len(s["keypoints"]) + 512
+    v_single = PairVerifier(single, "cpu", PairCache(None, presets.verdict_key(single))).verify_pair(s0, s1)
+    v_multi = PairVerifier(multi, "cpu", PairCache(None, presets.verdict_key(multi))).verify_pair(
+        m0, m1, keep_inliers=True)
+    assert v_multi["n_inliers"] > 1.2 * v_single["n_inliers"]
+    # the crop's coarse-scale keypoints take part, and they sit where the known map puts them
+    m = v_multi["matches"][v_multi["inliers"]]
+    coarse = m[m[:, 1] >= len(s1["keypoints"])]
+    assert len(coarse) >= 20
+    p0 = np.c_[m0["keypoints"][coarse[:, 0]], np.ones(len(coarse))]
+    assert np.median(np.linalg.norm(p0 @ true_model.T - m1["keypoints"][coarse[:, 1]], axis=1)) < 3.0
+
+
+@pytest.mark.parametrize("extractor", ["aliked", "sift"])
+def test_extra_scales_are_refused_where_the_keypoint_count_is_fixed(extractor):
+    conf = {"name": extractor, **presets.EXTRACTORS[extractor], "extra_scales": [{"scale": 0.5, "max_keypoints": 64}]}
+    with pytest.raises(ValueError, match="extra_scales is supported for DISK only"):
+        features.build(conf, "cpu")
