@@ -164,6 +164,10 @@ def variant(pipeline: str, overrides: list[str]) -> str:
             known = ", ".join(sorted(k for k in conf[stage] if k != "name"))
             raise ValueError(f"setting override {text!r}: {stage} {conf[stage]['name']!r} has no setting {key!r} "
                              f"(it has {known})")
+        if isinstance(value, str) and not isinstance(conf[stage][key], str):
+            raise ValueError(f"setting override {text!r}: {value!r} is not JSON, and {stage} {key!r} holds "
+                             f"{type(conf[stage][key]).__name__} {json.dumps(conf[stage][key])} (quote the whole "
+                             f"override for the shell)")
         conf[stage][key] = value
     names = {}
     for stage in STAGES:

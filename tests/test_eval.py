@@ -50,6 +50,7 @@ def test_set_override_registers_a_variant_with_its_own_cache_keys():
     ("verifier.treshold=3", "has no setting 'treshold'"),  # a typo must not silently change only the cache key
     ("threshold=3", "expected STAGE.KEY=VALUE"),
     ("ranker.k=3", "expected STAGE.KEY=VALUE"),
+    ("extractor.extra_scales=[scale:0.5]", "is not JSON"),  # what a shell leaves of an unquoted JSON list
 ])
 def test_set_override_rejects_what_it_cannot_apply(text, message):
     from matcher import presets
