@@ -151,7 +151,7 @@ def variant(pipeline: str, overrides: list[str]) -> str:
 
     Each override is ``stage.key=value`` (see :func:`parse_override`) and must name a setting the
     stage already has: a misspelt key would otherwise change only the cache key. The changed
-    stages get names ending in ``@`` and a digest of their settings, so their cache entries never
+    stages are named ``<stage>@<digest of their settings>``, so their cache entries never
     mix with the preset's own; the cache folder's ``settings.json`` records what they are.
     Used by the accuracy benchmark to measure a lever without editing the presets.
     """
