@@ -93,8 +93,7 @@ class Extractor:
         self.batch_size = batch_size or (self.batch_for((640, 224)) if devices.is_cuda(device) else self.cpu_batch)
 
     def working_size(self, width: int, height: int) -> tuple[int, int]:
-        c = self.conf
-        return working_size(width, height, c["target_area"], c["max_upscale"], c["multiple"])
+        return self.scale_size(width, height, 1.0)
 
     def batch_for(self, size: tuple[int, int]) -> int:
         """Images of this working size per batch: fixed if asked, else from the memory budget (GPU) or ``cpu_batch``."""
