@@ -34,7 +34,7 @@ test:
 
 ## data-subset: labelled development scenarios (DEV_DIR, LABELS) from the catalogue at CATALOGUE
 data-subset:
-	$(PY) -m matcher.scenarios --catalogue $(CATALOGUE) --out $(DEV_DIR) --labels $(LABELS)
+	$(PY) -m matcher.challenge.scenarios --catalogue $(CATALOGUE) --out $(DEV_DIR) --labels $(LABELS)
 
 ## run: the main job on DEV_DIR, output in SUBMISSION
 run:
@@ -42,7 +42,7 @@ run:
 
 ## pack-submission: submission/submission.zip with main.py, matcher/ and the weights PRESET needs
 pack-submission:
-	$(PY) -m matcher.pack --preset $(PRESET) --out $(SUB_DIR)/submission.zip
+	$(PY) -m matcher.challenge.pack --preset $(PRESET) --out $(SUB_DIR)/submission.zip
 
 ## test-submission: unpack the zip into a fresh code_execution layout, run it, log to submission/log.txt
 test-submission:
@@ -57,7 +57,7 @@ test-submission:
 
 ## score: mAP@20 per scenario and overall of SUBMISSION against LABELS
 score:
-	$(PY) -m matcher.score --submission $(SUBMISSION) --labels $(LABELS) --scenarios $(DEV_DIR)
+	$(PY) -m matcher.challenge.evaluate --submission $(SUBMISSION) --labels $(LABELS) --scenarios $(DEV_DIR)
 
 ## eval: run PRESET on DEV_DIR (caches in CACHE_DIR) and print mAP@20 and top-1 per scenario type and overall;
 ##       EVAL_ARGS adds options, e.g. EVAL_ARGS='--rerank none --append benchmarks/RESULTS.md --label "..."'
@@ -67,7 +67,7 @@ eval:
 ## calibrate: refit weights/calibration-PRESET.json (P(same whale) from the pair strength) on labelled pairs of
 ## the development photos in DEV_DIR (labels from CATALOGUE), split by whale; prints the held-out ECE and Brier
 calibrate:
-	$(PY) -m matcher.cli calibrate --metadata $(CATALOGUE)/metadata.csv --subset $(DEV_DIR)/metadata.csv \
+	$(PY) -m matcher.curation.cli calibrate --metadata $(CATALOGUE)/metadata.csv --subset $(DEV_DIR)/metadata.csv \
 		--preset $(PRESET) --cache-dir $(CACHE_DIR) --output weights/calibration-$(PRESET).json --out $(SUB_DIR)/calibration
 
 ## cascade: the shortlist-cascade benchmark on DEV_DIR: recall after each stage, mAP@20 per stage and per
@@ -82,7 +82,7 @@ cascade:
 ## codebook: refit the stage-0 codebook (weights/codebook-disk-k1024-v1.json) on the DISK features of the
 ##           development images in DEV_DIR (images only, no labels; fixed seed)
 codebook:
-	$(PY) -m matcher.global_descriptors --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
+	$(PY) benchmarks/build_codebook.py --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
 		--k 1024 --per-image 256 --iters 20 --seed 0 --version 1 --out weights/codebook-disk-k1024-v1.json
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the

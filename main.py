@@ -1,20 +1,14 @@
 """Submission entrypoint in the challenge's code-execution layout.
 
-    python main.py [--data-dir DIR] [--output FILE] [--preset NAME] [--cache-dir DIR]
-                   [--time-budget SECONDS] [--k1 N] [--k2 N] [--stage2 NAME] [--global-descriptor NAME]
-                   [--rerank database|none]
+    python main.py [--data-dir DIR] [--output FILE] [--preset NAME] [--cache-dir DIR] [--time-budget SECONDS]
 
-Reads DIR/query_scenarios.csv, DIR/metadata.csv and the query and database
-files they name; writes one CSV with columns query_id,database_image_id,score
-(at most 20 rows per query, best first). Candidates go through the shortlist
-cascade (stage 0 global descriptor, stage 1 MNN + RANSAC, stage 2 an expensive
-matcher, off unless --stage2 names one), then re-ranking with the verified pairs
-within each scenario's database (--rerank), all sized to end within the time budget
-(default 3 hours, counted from the start of this script); the plan is logged.
-Every option has an environment variable: WHALEMATCH_DATA_DIR, WHALEMATCH_OUTPUT,
-WHALEMATCH_PRESET, WHALEMATCH_CACHE_DIR, WHALEMATCH_DEVICE, WHALEMATCH_WORKERS,
-WHALEMATCH_TIME_BUDGET, WHALEMATCH_K1, WHALEMATCH_K2, WHALEMATCH_STAGE2, WHALEMATCH_STAGE2_MODE,
-WHALEMATCH_GLOBAL_DESCRIPTOR, WHALEMATCH_RERANK.
+Reads DIR/query_scenarios.csv, DIR/metadata.csv and the query and database files they
+name; writes one CSV with columns query_id,database_image_id,score (at most 20 rows per
+query, best first). Candidates go through the shortlist cascade (stage 0 global
+descriptor, stage 1 MNN + RANSAC, re-ranking with each scenario's database, stage 2 an
+expensive matcher, off unless --stage2 names one), all sized to end within the time budget
+(counted from the start of this script); the plan is logged. An option whose help names
+$WHALEMATCH_<NAME> takes its default from that environment variable.
 """
 
 from __future__ import annotations
@@ -30,13 +24,20 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matcher import data, global_descriptors, presets, settings, submission  # noqa: E402
-from matcher.budget import DEFAULT_BUDGET_S, Deadline  # noqa: E402
-from matcher.errors import WhaleMatchError  # noqa: E402
-from matcher.pipeline import Engine, rank_scenarios  # noqa: E402
-from matcher.shortlist import STAGE2_FACTORIES, STAGE2_MODES, CascadeSettings  # noqa: E402
+from matcher import config, presets  # noqa: E402
+from matcher.cascade import STAGE2_FACTORIES, CascadeSettings  # noqa: E402
+from matcher.cascade.ranking import STAGE2_MODES  # noqa: E402
+from matcher.challenge import layout, submission  # noqa: E402
+from matcher.challenge.run import run, submission_rows  # noqa: E402
+from matcher.engine import Engine  # noqa: E402
+from matcher.errors import ConfigError, WhaleMatchError  # noqa: E402
+from matcher.timing import DEFAULT_BUDGET_S, Deadline  # noqa: E402
 
 log = logging.getLogger("main")
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The module docstring as written, and every option's default in its help."""
 
 
 def packed_preset() -> str:
@@ -52,67 +53,112 @@ def budget_seconds(text: str) -> float | None:
         return None
     value = float(text)
     if value < 0:
-        raise argparse.ArgumentTypeError("the time budget must be positive")
+        raise ValueError("the time budget must be positive")
     return value
 
 
 def optional_int(text: str | None) -> int | None:
-    return None if text in (None, "", "auto") else int(text)
+    """A whole number, or None for ``auto`` (chosen by the planner)."""
+    if text is None or str(text).strip() in ("", "auto"):
+        return None
+    value = int(text)
+    if value < 0:
+        raise ValueError("expected a whole number of at least 0, or auto")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The options, their defaults read from the environment (:class:`ConfigError` naming a bad variable)."""
+    env, value = config.env, config.env_value
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--data-dir", type=Path, default=Path(env("DATA_DIR", config.DEFAULT_DATA_DIR)),
+                   help="the challenge's data folder ($WHALEMATCH_DATA_DIR)")
+    p.add_argument("--output", type=Path, default=Path(env("OUTPUT", config.DEFAULT_OUTPUT)),
+                   help="the submission CSV to write ($WHALEMATCH_OUTPUT)")
+    p.add_argument("--preset", default=value("PRESET", lambda v: _choice(v, presets.PIPELINES), packed_preset()),
+                   choices=sorted(presets.PIPELINES), help="pipeline preset ($WHALEMATCH_PRESET)")
+    p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir(),
+                   help="features and verdicts kept between runs ($WHALEMATCH_CACHE_DIR)")
+    p.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
+    p.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu or cuda[:N] ($WHALEMATCH_DEVICE)")
+    p.add_argument("--workers", type=_arg(config.workers), default=value("WORKERS", config.workers, None),
+                   help="CPU verification workers; default: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
+    p.add_argument("--time-budget", type=_arg(budget_seconds),
+                   default=value("TIME_BUDGET", budget_seconds, DEFAULT_BUDGET_S),
+                   help="wall-clock seconds the run may take ('none' for no limit): the cascade's K are planned to "
+                        "fit, and a guard stops the expensive stages if the run falls behind ($WHALEMATCH_TIME_BUDGET)")
+    p.add_argument("--k1", type=_arg(optional_int), default=value("K1", optional_int, None),
+                   help="stage-0 candidates per query that stage 1 verifies; default: planned from the budget "
+                        "($WHALEMATCH_K1)")
+    p.add_argument("--k2", type=_arg(optional_int), default=value("K2", optional_int, None),
+                   help="stage-1 candidates per query that stage 2 re-scores; default: planned, at most --k2-max "
+                        "($WHALEMATCH_K2)")
+    p.add_argument("--k2-max", type=int, default=CascadeSettings.k2_max, help="stage 2's K at most")
+    p.add_argument("--stage2", default=env("STAGE2", "auto"),
+                   help=f"expensive matcher re-scoring each query's top K2: auto (the preset's default: none so far), "
+                        f"none, or {'|'.join(sorted(STAGE2_FACTORIES))}[:preset] (lightglue: LightGlue on the "
+                        f"preset's features; loftr: needs its weights) ($WHALEMATCH_STAGE2)")
+    p.add_argument("--stage2-mode", default=value("STAGE2_MODE", lambda v: _choice(v, STAGE2_MODES), "max"),
+                   choices=list(STAGE2_MODES),
+                   help="order of stage 2's candidates: the max or sum of both stages' strengths, or replace "
+                        "($WHALEMATCH_STAGE2_MODE)")
+    p.add_argument("--rerank", default=value("RERANK", lambda v: _choice(v, ("database", "none")), "database"),
+                   choices=["database", "none"],
+                   help="database: also verify the pairs within each scenario's database and re-rank each query's "
+                        "candidates with them; none: stage-1 scores only ($WHALEMATCH_RERANK)")
+    globals_ = ["auto", *sorted(presets.GLOBAL_DESCRIPTORS)]
+    p.add_argument("--global-descriptor", default=value("GLOBAL_DESCRIPTOR", lambda v: _choice(v, globals_), "auto"),
+                   choices=globals_, help="stage-0 global descriptor ($WHALEMATCH_GLOBAL_DESCRIPTOR)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    return p
+
+
+def _choice(text: str, choices) -> str:
+    if text not in choices:
+        raise ValueError(f"choose one of {', '.join(sorted(choices))}")
+    return text
+
+
+def _arg(parse):
+    """``parse`` as an argparse type: its ValueError becomes argparse's own message (exit code 2)."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    env = settings.env
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data-dir", type=Path, default=Path(env("DATA_DIR", settings.DEFAULT_DATA_DIR)))
-    p.add_argument("--output", type=Path, default=Path(env("OUTPUT", settings.DEFAULT_OUTPUT)))
-    p.add_argument("--preset", default=env("PRESET", packed_preset()), choices=sorted(presets.PIPELINES))
-    p.add_argument("--cache-dir", type=Path, default=settings.default_cache_dir())
-    p.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
-    p.add_argument("--device", default=env("DEVICE"), help="auto (default), cpu or cuda[:N]")
-    p.add_argument("--workers", type=int, default=int(env("WORKERS", "0")) or None, help="CPU verification workers")
-    p.add_argument("--time-budget", type=budget_seconds, default=budget_seconds(env("TIME_BUDGET", str(DEFAULT_BUDGET_S))),
-                   help="wall-clock seconds the run may take (default 10800; 'none' for no limit): the cascade's K "
-                        "are planned to fit, and a guard stops the expensive stages if the run falls behind")
-    p.add_argument("--k1", type=optional_int, default=optional_int(env("K1")),
-                   help="stage-0 candidates per query that stage 1 verifies (default: planned from the budget)")
-    p.add_argument("--k2", type=optional_int, default=optional_int(env("K2")),
-                   help="stage-1 candidates per query that stage 2 re-scores (default: planned, at most --k2-max)")
-    p.add_argument("--k2-max", type=int, default=CascadeSettings.k2_max)
-    p.add_argument("--stage2", default=env("STAGE2", "auto"),
-                   help=f"expensive matcher re-scoring each query's top K2: auto (the preset's default: none so "
-                        f"far, see README), none, or {'|'.join(sorted(STAGE2_FACTORIES))}[:preset] "
-                        f"(lightglue: LightGlue on the preset's features; loftr: needs its weights)")
-    p.add_argument("--stage2-mode", default=env("STAGE2_MODE", "max"), choices=list(STAGE2_MODES),
-                   help="order of stage 2's candidates: max (default) or sum of both stages' strengths, or replace")
-    p.add_argument("--rerank", default=env("RERANK", "database"), choices=["database", "none"],
-                   help="database (default): also verify the pairs within each scenario's database and re-rank each "
-                        "query's candidates with them (the database's own structure; see benchmarks/RESULTS.md); "
-                        "none: stage-1 scores only")
-    p.add_argument("--global-descriptor", default=env("GLOBAL_DESCRIPTOR", "auto"),
-                   choices=["auto", *sorted(global_descriptors.GLOBALS)], help="stage-0 global descriptor")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true")
-    return p.parse_args(argv)
+    try:
+        parser = build_parser()
+    except ConfigError as exc:
+        print(f"main.py: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    settings.setup_logging(args.verbose)
+    config.setup_logging(args.verbose)
     start = STARTED if argv is None else time.perf_counter()
     deadline = Deadline(args.time_budget if args.time_budget is not None else float("inf"), start=start)
     try:
-        challenge = data.load(args.data_dir)
+        challenge = layout.load(args.data_dir)
         n_queries = sum(len(s.queries) for s in challenge.scenarios)
         log.info("%d scenarios, %d queries, %d images in metadata", len(challenge.scenarios), n_queries,
                  len(challenge.metadata))
         engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
-                        progress=not args.quiet, stage2=args.stage2, global_descriptor=args.global_descriptor)
+                        progress=not args.quiet)
         log.info("preset %s on %s; caches in %s; time budget %s", args.preset, engine.device,
-                 "memory only" if args.no_cache else args.cache_dir,
-                 "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
-        sub, expected = rank_scenarios(challenge, engine, args.time_budget, args.k1, args.k2, args.k2_max,
-                                       deadline=deadline, stage2_mode=args.stage2_mode,
-                                       rerank=args.rerank == "database")
+                 engine.cache.describe(), "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
+        settings = CascadeSettings(k1=args.k1, k2=args.k2, k2_max=args.k2_max, budget_s=args.time_budget,
+                                   stage2=args.stage2, stage2_mode=args.stage2_mode,
+                                   global_descriptor=args.global_descriptor, rerank=args.rerank == "database")
+        result = run(challenge, engine, settings, deadline)
+        sub, expected = submission_rows(challenge, result, settings.stage2_mode), challenge.expected()
         submission.write(sub, args.output, expected)
     except WhaleMatchError as exc:
         log.error("%s", exc)
@@ -120,7 +166,7 @@ def main(argv=None) -> int:
     log.info("%s", engine.stats.summary())
     elapsed = time.perf_counter() - start
     log.info("wrote %d rows for %d queries to %s in %.1f s", len(sub), len(expected), args.output, elapsed)
-    plan = engine.last_plan
+    plan = result.plan
     if plan is not None and not plan.fixed:
         projected = plan.first_projection_s or plan.projected_s
         revised = (f"; revised with the measured rates to {plan.revised_projection_s:.0f} s "

@@ -19,7 +19,7 @@ on demand). Per scenario type it prints:
 3. per (K1, K2): the pairs each stage processes, the share of the pairs an
    exhaustive expensive matcher would take, and the time at the rates measured.
 
-``--timing-budget S`` also runs the main job (``rank_scenarios`` with that budget,
+``--timing-budget S`` also runs the main job (``matcher.challenge.run`` with that budget,
 as main.py does) with the features cached and a fresh pair store, and prints the
 planner's projected run time against the actual one.
 
@@ -44,13 +44,18 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from matcher import data, presets, settings, shortlist, submission  # noqa: E402
-from matcher.budget import Deadline  # noqa: E402
+from matcher import config, presets  # noqa: E402
+from matcher.cascade import CascadeSettings  # noqa: E402
+from matcher.cascade.stages import build_stage2  # noqa: E402
+from matcher.challenge import layout, submission  # noqa: E402
+from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries  # noqa: E402
+from matcher.challenge.metric import mean_average_precision  # noqa: E402
+from matcher.challenge.run import run, submission_rows  # noqa: E402
+from matcher.challenge.submission import SUBMISSION_COLUMNS, TOP_K  # noqa: E402
+from matcher.engine import Engine  # noqa: E402
 from matcher.errors import WhaleMatchError  # noqa: E402
-from matcher.metrics import mean_average_precision  # noqa: E402
-from matcher.pipeline import Engine, run_cascade  # noqa: E402
-from matcher.ranking import SUBMISSION_COLUMNS, TOP_K  # noqa: E402
-from matcher.score import LABEL_COLUMNS, read_table, scenario_of_queries  # noqa: E402
+from matcher.io.tables import read_csv  # noqa: E402
+from matcher.timing import Deadline  # noqa: E402
 
 log = logging.getLogger("cascade")
 
@@ -59,12 +64,21 @@ def ks(text: str) -> list[int | None]:
     return [None if t.strip() == "all" else int(t) for t in text.split(",") if t.strip()]
 
 
-def build_engine(args, cache_dir: Path) -> Engine:
-    engine = Engine(args.preset, cache_dir, args.device, args.workers, progress=not args.quiet,
-                    stage2=args.stage2, global_descriptor=args.global_descriptor)
-    if engine.stage2_name and engine.stage2 is None:
-        raise WhaleMatchError(f"stage 2 ({engine.stage2_name}) cannot be built here (see the warning above)")
-    return engine
+def build_engine(args, cache_dir: Path):
+    """The engine, and the stage-2 matcher the cascade will use (None when --stage2 none)."""
+    engine = Engine(args.preset, cache_dir, args.device, args.workers, progress=not args.quiet)
+    stage2 = build_stage2(engine, args.stage2)
+    if args.stage2 not in (None, "", "none") and stage2 is None:
+        raise WhaleMatchError(f"stage 2 ({args.stage2}) cannot be built here (see the warning above)")
+    return engine, stage2
+
+
+def settings(args, **kw) -> CascadeSettings:
+    return CascadeSettings(stage2=args.stage2, global_descriptor=args.global_descriptor, **kw)
+
+
+def stage0_name(args, engine) -> str:
+    return presets.default_global(engine.conf) if args.global_descriptor == "auto" else args.global_descriptor
 
 
 def subsample(challenge, n: int | None):
@@ -81,21 +95,21 @@ def submission_for(result, k1: int, k2: int, order: str = "final", mode: str = "
             ranked = [(q.candidates[q.usable[p]], float(q.s0[p])) for p in q.order0][:TOP_K]
             ranked = [(d, max(0.0, min(1.0, s))) for d, s in ranked]
         else:
-            ranked = shortlist.final_ranking(q, result.stage1, result.stage2, k1, k2, result.bands, TOP_K, mode)
+            ranked = result.final_ranking(q, k1, k2, TOP_K, mode)
         rows.extend((qid, d, s) for d, s in ranked)
     return pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)
 
 
-def ensure_stage2(result, engine, k1: int, k2: int) -> int:
+def ensure_stage2(result, stage2, k1: int, k2: int) -> int:
     """Compute the stage-2 verdicts a (k1, k2) cascade needs that the pass did not; returns how many."""
     missing = set()
     for q in result.queries.values():
         n1 = min(k1, len(q.order0))
-        order1 = shortlist.stage1_order(q, result.stage1, n1)
+        order1 = result.stage1_order(q, n1)
         missing.update(int(c) for c in q.pair_codes[order1[:k2]] if int(c) not in result.stage2)
-    if missing and engine.stage2 is not None:
+    if missing and stage2 is not None:
         n = len(result.shas)
-        got = engine.stage2({(result.shas[c // n], result.shas[c % n]) for c in missing})
+        got = stage2({(result.shas[c // n], result.shas[c % n]) for c in missing})
         for c in missing:
             v = got[(result.shas[c // n], result.shas[c % n])]
             result.stage2[c] = (float(v["score"]), float(v["strength"]))
@@ -107,7 +121,7 @@ def stage_pairs(result, k1: int, k2: int) -> tuple[int, int]:
     for q in result.queries.values():
         n1 = min(k1, len(q.order0))
         p1.update(int(c) for c in q.pair_codes[q.order0[:n1]])
-        order1 = shortlist.stage1_order(q, result.stage1, n1)
+        order1 = result.stage1_order(q, n1)
         p2.update(int(c) for c in q.pair_codes[order1[:k2]])
     return len(p1), len(p2)
 
@@ -120,9 +134,8 @@ def recall_table(result, labels, qtypes, k0s, k2_final) -> pd.DataFrame:
         if not rel:
             continue
         order0 = [q.candidates[q.usable[p]] for p in q.order0]
-        order1 = [q.candidates[q.usable[p]] for p in shortlist.stage1_order(q, result.stage1, len(q.order0))]
-        final = [d for d, _ in shortlist.final_ranking(q, result.stage1, result.stage2, len(q.order0),
-                                                       k2_final, result.bands, TOP_K)]
+        order1 = [q.candidates[q.usable[p]] for p in result.stage1_order(q, len(q.order0))]
+        final = [d for d, _ in result.final_ranking(q, len(q.order0), k2_final, TOP_K)]
         row = {"type": qtypes[qid], "n_rel": len(rel)}
         for k in k0s:
             row[f"s0@{k}"] = len(rel & set(order0[:k]))
@@ -155,10 +168,10 @@ def timing_run(args, challenge, budget: float) -> str:
                 (tmp / sub).symlink_to((args.cache_dir / sub).resolve())
         start = time.perf_counter()
         deadline = Deadline(budget, start=start)
-        engine = build_engine(args, tmp)
-        result = run_cascade(challenge, engine, shortlist.CascadeSettings(budget_s=budget, k2_max=args.k2_max),
-                             deadline)
-        submission.validate(result.submission, result.expected)
+        engine, _ = build_engine(args, tmp)
+        result = run(challenge, engine, settings(args, budget_s=budget, k2_max=args.k2_max), deadline)
+        rows = submission_rows(challenge, result)
+        submission.validate(rows, challenge.expected())
         actual = time.perf_counter() - start
         plan = result.plan
         projected = plan.first_projection_s or plan.projected_s
@@ -166,7 +179,7 @@ def timing_run(args, challenge, budget: float) -> str:
         return (f"timing run, budget {budget:.0f} s, fresh pair store: plan K1={plan.k1} K2={plan.k2}, "
                 f"{plan.pairs1} + {plan.pairs2} pairs; projected {projected:.0f} s, actual {actual:.0f} s "
                 f"({err:+.0%}); stage times {', '.join(f'{k} {v:.0f}s' for k, v in result.seconds.items())}; "
-                f"cut: {', '.join(result.cut) or 'nothing'}; valid submission of {len(result.submission)} rows")
+                f"cut: {', '.join(result.cut) or 'nothing'}; valid submission of {len(rows)} rows")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -180,8 +193,8 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default=presets.DEFAULT_PIPELINE, choices=sorted(presets.PIPELINES))
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / "dev")
     p.add_argument("--labels", type=Path, default=REPO / "data" / "dev_labels.csv")
-    p.add_argument("--cache-dir", type=Path, default=settings.default_cache_dir())
-    p.add_argument("--device", default=settings.env("DEVICE"))
+    p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir())
+    p.add_argument("--device", default=config.env("DEVICE"))
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--stage2", default="lightglue", help="expensive matcher to measure (none: stages 0 and 1 only)")
     p.add_argument("--global-descriptor", default="auto")
@@ -190,9 +203,10 @@ def main(argv=None) -> int:
     p.add_argument("--k0", type=ks, default=ks("5,10,20,40,60"), help="stage-0 shortlist sizes for recall")
     p.add_argument("--k1", type=ks, default=ks("20,40,60,all"), help="K1 values of the cascade grid")
     p.add_argument("--k2", type=ks, default=ks("0,3,5,10"), help="K2 values of the cascade grid")
-    p.add_argument("--k2-max", type=int, default=shortlist.CascadeSettings.k2_max)
+    p.add_argument("--k2-max", type=int, default=CascadeSettings.k2_max)
     p.add_argument("--stage2-modes", type=lambda t: t.split(","), default=["sum", "replace"],
-                   help="other orders of stage 2's candidates to score besides 'max' (see shortlist.final_ranking)")
+                   help="other orders of stage 2's candidates to score besides 'max' "
+                        "(see matcher.cascade.ranking.final_ranking)")
     p.add_argument("--pair-ms", type=lambda t: [float(x) for x in t.split(",")], default=None,
                    help="ms per pair of stages 1 and 2 for the time estimates when their pairs are all cached "
                         "(e.g. 7,1900: what a fresh run measured)")
@@ -200,7 +214,7 @@ def main(argv=None) -> int:
     p.add_argument("--append", type=Path, default=None, help="append the report to this Markdown file")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    settings.setup_logging(False)
+    config.setup_logging(False)
     lines: list[str] = []
 
     def say(text: str = "") -> None:
@@ -208,17 +222,17 @@ def main(argv=None) -> int:
         lines.append(text)
 
     try:
-        challenge = subsample(data.load(args.data_dir), args.queries_per_scenario)
-        labels = read_table(args.labels, LABEL_COLUMNS)[list(LABEL_COLUMNS)]
+        challenge = subsample(layout.load(args.data_dir), args.queries_per_scenario)
+        labels = read_csv(args.labels, LABEL_COLUMNS)[list(LABEL_COLUMNS)]
         qinfo = scenario_of_queries(labels, args.data_dir)
         asked = {qid for sc in challenge.scenarios for qid in sc.queries["query_id"]}
         labels = labels[labels["query_id"].isin(asked)]
         qtypes = dict(zip(qinfo["query_id"], qinfo["scenario_type"].where(qinfo["scenario_type"] != "",
                                                                           qinfo["scenario"])))
-        engine = build_engine(args, args.cache_dir)
+        engine, stage2 = build_engine(args, args.cache_dir)
         k2_pass = max(k for k in args.k2 if k is not None)
         t0 = time.perf_counter()
-        result = run_cascade(challenge, engine, shortlist.CascadeSettings(k1=None, k2=k2_pass))
+        result = run(challenge, engine, settings(args, k1=None, k2=k2_pass))
         wall = time.perf_counter() - t0
         dbmax = max(len(q.order0) for q in result.queries.values())
         nq = len(result.queries)
@@ -229,8 +243,8 @@ def main(argv=None) -> int:
         c1 = c1 if c1 is not None or given[0] is None else given[0] / 1e3
         c2 = c2 if c2 is not None or given[1] is None else given[1] / 1e3
         say(f"## Shortlist cascade on {args.data_dir.name}: {nq} queries, databases up to {dbmax} images; "
-            f"preset {args.preset}, stage 0 {engine.global_stage.name if engine.global_stage.enabled else 'off'}, "
-            f"stage 2 {engine.stage2.name if engine.stage2 else 'off'}; {engine.device}, {os.cpu_count()} cores")
+            f"preset {args.preset}, stage 0 {stage0_name(args, engine) if result.bands[0] else 'off'}, "
+            f"stage 2 {stage2.name if stage2 else 'off'}; {engine.device}, {os.cpu_count()} cores")
         say(f"pass: {wall:.0f} s; computed now: stage 1 {result.pairs['stage1']} pairs "
             f"({'%.1f ms/pair' % (1e3 * c1) if c1 else 'none: all cached'}), stage 2 {result.pairs['stage2']} pairs "
             f"({'%.0f ms/pair' % (1e3 * c2) if c2 else 'none'}); stage 0 {result.seconds.get('stage0', 0):.1f} s")
@@ -248,14 +262,14 @@ def main(argv=None) -> int:
         extra = 0
         for k1 in k1s:
             for k2 in k2s:
-                extra += ensure_stage2(result, engine, k1, min(k2, k1))
+                extra += ensure_stage2(result, stage2, k1, min(k2, k1))
         maps = {"stage 0 alone": map_by_type(submission_for(result, 0, 0, "stage0"), labels, qtypes)}
         for k1 in k1s:
             for k2 in k2s:
                 name = f"K1={k1 if k1 < dbmax else 'all'} K2={k2}"
                 maps[name] = map_by_type(submission_for(result, k1, min(k2, k1)), labels, qtypes)
                 row_sum = {}
-                if k2 and engine.stage2 is not None:
+                if k2 and stage2 is not None:
                     for mode in args.stage2_modes:
                         maps[f"{name} {mode}"] = map_by_type(submission_for(result, k1, min(k2, k1), mode=mode),
                                                              labels, qtypes)

@@ -2,7 +2,7 @@
 
     python benchmarks/clahe_experiment.py --preset disk-clahe-mnn --cache-dir DIR [eval.py options]
 
-The extractors (matcher/features.py) have no contrast-normalisation setting, so this
+The extractors (matcher/features/extractors.py) have no contrast-normalisation setting, so this
 script registers, in this process only, an extractor ``disk-clahe`` (the ``disk``
 settings plus ``clahe_clip`` 2.0 and ``clahe_tiles`` 8, so its cache key differs from
 DISK's) and a pipeline preset ``disk-clahe-mnn``, applies OpenCV CLAHE to the L channel
@@ -22,7 +22,8 @@ sys.path.insert(0, str(HERE))
 
 import cv2  # noqa: E402
 
-from matcher import features, presets  # noqa: E402
+from matcher import presets  # noqa: E402
+from matcher.features import extractors as features  # noqa: E402
 
 presets.EXTRACTORS["disk-clahe"] = {**presets.EXTRACTORS["disk"], "clahe_clip": 2.0, "clahe_tiles": 8}
 presets.PIPELINES["disk-clahe-mnn"] = {"extractor": "disk-clahe", "matcher": "mnn", "verifier": "affine"}

@@ -16,7 +16,7 @@ query-database pair, computed where missing):
   (``strength``, the engine's own score; with it and ``--rerank-mode none``, the ranking
   is main.py's with ``--stage2 none --time-budget none``).
 - ``--offline-rerank`` also verifies every pair of database images within each scenario and
-  re-ranks with :func:`matcher.rerank.rerank` (uses only the query and its own scenario's
+  re-ranks with :func:`matcher.cascade.rerank.rerank` (uses only the query and its own scenario's
   database, as the challenge allows).
 
 ``--set stage.key=value`` (repeatable) runs the preset with a setting changed, under a
@@ -49,15 +49,17 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import main as entrypoint  # noqa: E402
-from matcher import data, presets, settings, submission  # noqa: E402
-from matcher import rerank as reranking  # noqa: E402
+from matcher import config, presets  # noqa: E402
+from matcher.cascade import rerank as reranking  # noqa: E402
+from matcher.cascade.ranking import rank_by_score  # noqa: E402
+from matcher.challenge import layout, submission  # noqa: E402
+from matcher.challenge.evaluate import LABEL_COLUMNS, read_submission, scenario_of_queries  # noqa: E402
+from matcher.challenge.metric import mean_average_precision, top1_accuracy  # noqa: E402
+from matcher.challenge.submission import SUBMISSION_COLUMNS  # noqa: E402
+from matcher.engine import Engine, canonical  # noqa: E402
 from matcher.errors import WhaleMatchError  # noqa: E402
-from matcher.metrics import mean_average_precision, top1_accuracy  # noqa: E402
-from matcher.pair_cache import canonical  # noqa: E402
-from matcher.pipeline import Engine, candidate_lists  # noqa: E402
-from matcher.ranking import SUBMISSION_COLUMNS, rank_query  # noqa: E402
-from matcher.verification import score_from_strength  # noqa: E402
-from matcher.score import LABEL_COLUMNS, read_submission, read_table, scenario_of_queries  # noqa: E402
+from matcher.io.tables import read_csv  # noqa: E402
+from matcher.pairs.ransac import score_from_strength  # noqa: E402
 
 log = logging.getLogger("eval")
 
@@ -87,8 +89,9 @@ SCORE_FUNCTIONS = {"strength": _strength, "inliers": _inliers, "inlier-ratio": _
 
 def rank_with_levers(challenge, engine: Engine, score_name: str, rerank_opts: dict | None):
     """The submission with another score function and/or database re-ranking, from the engine's verdicts."""
-    shas, _ = engine.prepare_images(challenge, _needed(challenge))  # from the feature cache main.py filled
-    candidates = candidate_lists(challenge)
+    shas, _ = engine.prepare(*challenge.image_paths(challenge.image_ids()))  # the features main.py cached
+    candidates = {qid: (qimg, [d for d in database if d != qimg])
+                  for qid, qimg, _, database in challenge.query_tasks()}
     score_fn = SCORE_FUNCTIONS[score_name]
     pairs = {canonical(shas[q], shas[c]) for q, cs in candidates.values() if q in shas for c in cs if c in shas}
     db_pairs = set()
@@ -106,7 +109,7 @@ def rank_with_levers(challenge, engine: Engine, score_name: str, rerank_opts: di
             return 0.0
         return score_from_strength(score_fn(verdicts[canonical(shas[a], shas[b])]), engine.conf["verifier"])
 
-    frames, expected = [], {}
+    rows, expected = [], {}
     for sc in challenge.scenarios:
         database = set(sc.database)
         db_scores = None
@@ -125,17 +128,8 @@ def rank_with_levers(challenge, engine: Engine, score_name: str, rerank_opts: di
                 idx = [index[c] for c in cands]
                 q_scores = reranking.rerank(q_scores, db_scores[np.ix_(idx, idx)], **rerank_opts)
             scores = dict(zip(cands, q_scores.tolist()))
-            frames.append(rank_query(qid, qimg, cands, scores))
-    sub = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=SUBMISSION_COLUMNS)
-    return sub, expected
-
-
-def _needed(challenge) -> set[str]:
-    needed = set()
-    for sc in challenge.scenarios:
-        needed.update(sc.queries["query_image_id"])
-        needed.update(sc.database)
-    return needed
+            rows += [(qid, c, s) for c, s in rank_by_score(qimg, cands, scores, top_k=submission.TOP_K)]
+    return pd.DataFrame(rows, columns=SUBMISSION_COLUMNS), expected
 
 
 # --- scoring and reporting ---------------------------------------------------------------------------
@@ -222,8 +216,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
                    choices=sorted(presets.PIPELINES))
     p.add_argument("--data-dir", type=Path, default=REPO / "data" / "dev")
     p.add_argument("--labels", type=Path, default=REPO / "data" / "dev_labels.csv")
-    p.add_argument("--cache-dir", type=Path, default=settings.default_cache_dir())
-    p.add_argument("--device", default=settings.env("DEVICE"))
+    p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir())
+    p.add_argument("--device", default=config.env("DEVICE"))
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
                    help="run the preset with this setting changed (repeatable), e.g. verifier.threshold=3 or "
@@ -250,7 +244,7 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
 
 def main(argv=None) -> int:
     args, passthrough = parse_args(argv)
-    settings.setup_logging(False)
+    config.setup_logging(False)
     try:
         args.preset = presets.variant(args.preset, args.set)
     except ValueError as exc:
@@ -260,7 +254,7 @@ def main(argv=None) -> int:
     logging.getLogger("main").addHandler(lines)
     try:
         with tempfile.TemporaryDirectory(prefix="whalematch-eval-") as tmp:
-            labels = read_table(args.labels, LABEL_COLUMNS)[list(LABEL_COLUMNS)]
+            labels = read_csv(args.labels, LABEL_COLUMNS)[list(LABEL_COLUMNS)]
             queries = scenario_of_queries(labels, args.data_dir)
             data_dir = args.data_dir
             if args.scenarios:
@@ -290,7 +284,7 @@ def main(argv=None) -> int:
             sub = read_submission(output)
             computed = next((m for m in lines.messages if " images (" in m), "main.py gave no summary")
             if args.score != "strength" or args.offline_rerank:
-                challenge = data.load(data_dir)
+                challenge = layout.load(data_dir)
                 engine = Engine(args.preset, args.cache_dir, args.device, args.workers, not args.quiet)
                 opts = ({"mode": args.rerank_mode, "weight": args.rerank_weight, "hops": args.rerank_hops,
                          "top": args.rerank_top}

@@ -55,32 +55,25 @@ sys.path.insert(0, str(REPO))
 
 DEFAULT_PRESETS_CPU = "disk-mnn,sift-mnn,disk-lightglue"
 DEFAULT_PRESETS_GPU = "disk-mnn,sift-mnn,disk-lightglue,aliked-mnn,aliked-lightglue"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
 
 
 # -- inputs ------------------------------------------------------------------------------------------------
 
 
 def catalogue_images(folder: Path) -> tuple[list[Path], dict[Path, str] | None]:
-    """Image files of a catalogue (``metadata.csv`` paths, and ``whale_id`` when present) or of any folder."""
-    meta = folder / "metadata.csv"
-    if meta.is_file():
-        import pandas as pd
+    """Image files of a catalogue (and each one's whale when the metadata gives it) that exist on disk."""
+    from matcher.io.catalogue import load_catalogue
 
-        table = pd.read_csv(meta)
-        paths = [folder / p for p in table["path"]]
-        keep = [i for i, p in enumerate(paths) if p.is_file()]
-        whales = {paths[i]: str(table["whale_id"].iloc[i]) for i in keep} if "whale_id" in table else None
-        return sorted(paths[i] for i in keep), whales
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()), None
+    photos = [p for p in load_catalogue(folder) if p.path.is_file()]
+    whales = {p.path: p.whale_id for p in photos} if photos and all(p.whale_id for p in photos) else None
+    return sorted(p.path for p in photos), whales
 
 
 def generated_images(n: int, out: Path, seed: int) -> list[Path]:
     """``n`` JPEG files: textured images and warped copies of them (so that some pairs truly match)."""
     import cv2
 
-    sys.path.insert(0, str(REPO / "tests"))
-    from conftest import textured_image, warp_affine  # the tests' generator
+    from matcher.synthetic import textured_image, warp_affine
 
     rng = random.Random(seed)
     paths = []
@@ -155,13 +148,10 @@ def measure_extractor(job: dict) -> dict:
     import numpy as np
     import torch
 
-    from matcher import device as devices
-    from matcher import features as feature_extractors
-    from matcher import images, presets
-    from matcher.extraction import DECODE_MAX_SIDE, FeatureStage
-    from matcher.pair_cache import PairCache, canonical
-    from matcher.pair_verifier import PairVerifier
-    from matcher.verification import verify
+    from matcher.engine import Engine, canonical
+    from matcher.io import device as devices
+    from matcher.io import images
+    from matcher.pairs.ransac import verify
 
     device, workers = job["device"], job["workers"]
     on_gpu = device.startswith("cuda")
@@ -170,47 +160,46 @@ def measure_extractor(job: dict) -> dict:
     paths = [Path(p) for p in job["images"]]
     shas = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     sha_paths = dict(zip(shas, paths))
-    path_of = dict(zip(shas, paths))
     all_pairs = [canonical(shas[i], shas[j]) for i, j in job["pairs"]]
-    first = presets.resolve(job["presets"][0])
-    out = {"extractor": first["extractor"]["name"], "presets": {}}
+    out = {"presets": {}}
+
+    def engine(name: str, cache: Path | None, **kw) -> Engine:
+        return Engine(name, cache, device, kw.pop("workers", workers), progress=False, **kw)
 
     with tempfile.TemporaryDirectory(prefix="whalematch-bench-") as tmp:
-        cache = Path(tmp)
-        # cold features: the stage with an empty cache (the network is loaded first: a fixed cost per run)
-        stage = FeatureStage(first["extractor"], device, cache, progress=False)
+        cache = Path(tmp) / "cache"
+        # cold features: an engine with an empty cache (the network is loaded first: a fixed cost per run)
+        first = engine(job["presets"][0], cache)
+        out["extractor"] = first.conf["extractor"]["name"]
         with Clock(device) as load:
-            stage.extractor.extract([np.full((64, 64, 3), 128, np.uint8)])
+            first.extract(np.full((64, 64, 3), 128, np.uint8))
         with Clock(device) as cold:
-            feats, bad = stage(sha_paths)
+            feats, bad = first.features(sha_paths)
         if bad:
             raise SystemExit(f"unusable images: {bad}")
         out["model_load_s"] = load.wall
         out["extract_img_s"] = _rate(len(paths), cold.wall)
-        out["extract_batch"] = stage.extractor.batch_size
-        n_kp = [len(f["keypoints"]) for f in feats.values()]
-        out["keypoints_mean"] = float(np.mean(n_kp))
-        # warm features: a fresh stage reads them back from the disk cache
+        out["extract_batch"] = first.batch_size
+        out["keypoints_mean"] = float(np.mean([len(f["keypoints"]) for f in feats.values()]))
+        # warm features: a fresh engine reads them back from the disk cache
         with Clock(device) as warm_load:
-            warm_feats, _ = FeatureStage(first["extractor"], device, cache, progress=False)(sha_paths)
+            engine(job["presets"][0], cache).features(sha_paths)
         out["feature_load_img_s"] = _rate(len(paths), warm_load.wall)
 
         for name in job["presets"]:
-            conf = presets.resolve(name)
-            key = presets.verdict_key(conf)
             n_pairs = job["pairs_cap"].get(name, len(all_pairs))
             pairs = all_pairs[:n_pairs]
             r: dict = {"pairs": len(pairs), "workers": workers, "same_identity": sum(job["same"][:n_pairs])}
-            verifier = PairVerifier(conf, device, PairCache(None, key), workers, progress=False)
-            if not verifier.uses_mnn:  # load LightGlue before timing
-                verifier.lightglue.match(feats[shas[0]], feats[shas[1]])
+            eng = engine(name, cache)
+            warm_feats, _ = eng.features(sha_paths)
+            eng.verify_features(warm_feats[shas[0]], warm_feats[shas[1]])  # LightGlue's model loaded before timing
 
             with Clock(device) as c:
-                matches = verifier.matches(set(pairs), warm_feats)
+                matches = eng.matches(pairs)
             r["match_pairs_s"] = _rate(len(pairs), c.wall)
             r["matches_mean"] = float(np.mean([len(m) for m, _ in matches.values()]))
 
-            vconf = conf["verifier"]
+            vconf = eng.conf["verifier"]
             jobs = [(warm_feats[a]["keypoints"], warm_feats[b]["keypoints"], m, s)
                     for (a, b), (m, s) in matches.items()]
 
@@ -226,22 +215,25 @@ def measure_extractor(job: dict) -> dict:
             r["ransac_cpu_ms_per_pair"] = 1e3 * many.cpu / max(1, len(jobs))
 
             # end to end, cold: features extracted from nothing (timed above), then the pairs verified
-            store_path = cache / f"pairs-{name}.sqlite"
             with Clock(device) as c:
-                verdicts = PairVerifier(conf, device, PairCache(store_path, key), workers, progress=False)(
-                    set(pairs), feats)
+                verdicts = eng.verdicts(pairs)
             verify_cold = c.wall
             r["e2e_cold_pairs_s"] = _rate(len(pairs), cold.wall + c.wall)
-            # end to end, warm features: loaded from the disk cache, then the pairs verified
+            # end to end, warm features: loaded from the disk cache, then the pairs verified into an empty store
+            fresh = Path(tmp) / f"fresh-{name}"
+            fresh.mkdir()
+            (fresh / "features").symlink_to(cache / "features")
+            warm = engine(name, fresh)
+            warm.features(sha_paths)
+            warm.verify_features(warm_feats[shas[0]], warm_feats[shas[1]])
             with Clock(device) as c:
-                warm_verdicts = PairVerifier(conf, device, PairCache(None, key), workers, progress=False)(
-                    set(pairs), warm_feats)
+                warm_verdicts = warm.verdicts(pairs)
             r["e2e_warm_pairs_s"] = _rate(len(pairs), warm_load.wall + c.wall)
             # the verification rate with features in memory (best of the two runs: the machine may be shared)
             r["verify_pairs_s"] = _rate(len(pairs), min(verify_cold, c.wall))
             # verdicts already in the store
             with Clock(device) as c:
-                PairVerifier(conf, device, PairCache(store_path, key), workers, progress=False)(set(pairs), warm_feats)
+                eng.verdicts(pairs)
             r["verdict_cache_pairs_s"] = _rate(len(pairs), c.wall)
             r["verified_related"] = sum(v["n_inliers"] >= 20 for v in verdicts.values())
             r["same_verdicts_cold_warm"] = all(
@@ -249,17 +241,15 @@ def measure_extractor(job: dict) -> dict:
 
             # baseline: one pair at a time, nothing kept, nothing batched
             base_pairs = pairs[: job["baseline_pairs"].get(name, 4)]
-            ex1 = feature_extractors.build(conf["extractor"], device, batch_size=1)
-            ex1.extract([np.full((64, 64, 3), 128, np.uint8)])
-            single = PairVerifier(conf, device, PairCache(None, key), 1, progress=False)
-            single._lightglue = verifier._lightglue
+            single = engine(name, None, workers=1, batch_size=1)
+            dummy = single.extract(np.full((64, 64, 3), 128, np.uint8))
+            single.verify_features(warm_feats[shas[0]], warm_feats[shas[1]])  # both models loaded before timing
+            del dummy
             agree = 0
             with Clock(device) as c:
                 for a, b in base_pairs:
-                    ia = images.decode(images.read_bytes(path_of[a]), path_of[a], max_side=DECODE_MAX_SIDE)
-                    ib = images.decode(images.read_bytes(path_of[b]), path_of[b], max_side=DECODE_MAX_SIDE)
-                    fa, fb = ex1.extract([ia])[0], ex1.extract([ib])[0]
-                    v = single.verify_pair(fa, fb)
+                    fa, fb = single.extract(images.load(sha_paths[a])), single.extract(images.load(sha_paths[b]))
+                    v = single.verify_features(fa, fb)
                     agree += v["n_inliers"] == verdicts[(a, b)]["n_inliers"] and v["score"] == verdicts[(a, b)]["score"]
             r["baseline_pairs"] = len(base_pairs)
             r["baseline_pairs_s"] = _rate(len(base_pairs), c.wall)
@@ -278,7 +268,7 @@ def measure_extractor(job: dict) -> dict:
 
 
 def projection(args, results: dict) -> dict:
-    from matcher.matching import padded_length
+    from matcher.pairs.mnn import padded_length
 
     exhaustive = args.queries * args.mean_db * args.unique_fraction
     shortlist = args.queries * args.shortlist_k  # shortlists assumed not to repeat pairs (the cautious side)
@@ -432,7 +422,7 @@ def main(argv=None) -> int:
     os.environ["WHALEMATCH_GPU_MEMORY_GB"] = f"{args.gpu_memory_gb:g}"
     import torch
 
-    from matcher import device as devices
+    from matcher.io import device as devices
     from matcher import presets
 
     device = devices.pick(args.device)

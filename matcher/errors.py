@@ -19,3 +19,7 @@ class WeightsError(WhaleMatchError):
 
 class DeviceError(WhaleMatchError):
     """The requested compute device does not exist on this machine."""
+
+
+class ConfigError(WhaleMatchError):
+    """An option or environment variable holds a value that cannot be used."""

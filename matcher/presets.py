@@ -20,9 +20,7 @@ import json
 # DISK also detects at 0.6 of the working size's side (``extra_scales``, 512 more keypoints):
 # the photos are crops that frame the whale more or less tightly (half a body against a
 # whole one is a 2x change of scale once both are resized to the working area), and DISK
-# is not scale-invariant. On the development benchmark it raised mAP@20 from 0.373 to
-# 0.397 (0.382 at 0.5; 2,048 keypoints at one scale gave 0.362), for about 2.2x the
-# matching and RANSAC time (benchmarks/RESULTS.md).
+# is not scale-invariant (the measurements behind each choice: benchmarks/RESULTS.md).
 EXTRACTORS: dict[str, dict] = {
     "disk": {
         "model": "disk",
@@ -94,7 +92,7 @@ PIPELINES: dict[str, dict] = {
 
 DEFAULT_PIPELINE = "disk-mnn"
 
-# Detector-free matchers (see matcher/loftr.py). They find correspondences from both
+# Detector-free matchers (see matcher/pairs/loftr.py). They find correspondences from both
 # images at once, so they do not fit the extractor + matcher stages of a pipeline
 # preset; they serve an expensive re-verification stage. The weights are supplied by
 # the user (``weights/loftr_outdoor.ckpt`` or $WHALEMATCH_LOFTR_WEIGHTS), never downloaded.
@@ -107,6 +105,28 @@ DENSE_MATCHERS: dict[str, dict] = {
         "max_upscale": 2.0,
     },
 }
+
+
+# Stage 0 of the cascade: a global descriptor per image (matcher/cascade/global_descriptors.py).
+# ``codebook`` is a file fitted by the project, found by matcher.io.weights.locate.
+GLOBAL_DESCRIPTORS: dict[str, dict] = {
+    "asmk-disk": {"model": "asmk", "codebook": "codebook-disk-k1024-v1.json", "alpha": 3.0, "tau": 0.0},
+    # Plain mean pooling, for comparison (the benchmark's baseline): ASMK with one all-zero word.
+    "mean-disk": {"model": "mean", "alpha": 1.0, "tau": -1.0},
+    "none": {"model": "none"},
+}
+GLOBAL_BY_EXTRACTOR = {"disk": "asmk-disk"}  # stage 0 used by default, per extractor; others: off unless asked
+STAGE2_BY_PIPELINE: dict[str, str] = {}  # stage 2 used by default, per pipeline (none so far: benchmarks/RESULTS.md)
+
+
+def default_global(conf: dict) -> str:
+    """The stage-0 descriptor a resolved pipeline preset uses unless told otherwise."""
+    return GLOBAL_BY_EXTRACTOR.get(conf["extractor"]["name"], "none")
+
+
+def default_stage2(conf: dict) -> str | None:
+    """The expensive (stage-2) matcher a resolved pipeline preset uses unless told otherwise."""
+    return STAGE2_BY_PIPELINE.get(conf["name"])
 
 
 def settings_key(name: str, conf: dict) -> str:

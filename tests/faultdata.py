@@ -228,7 +228,9 @@ def _arm(spec: str) -> None:
     import contextlib
     import threading
 
-    from matcher import feature_cache, pair_cache, submission
+    from matcher.challenge import submission
+    from matcher.io import array_store
+    from matcher.pairs import store as pair_store
 
     point, n = spec.rsplit(":", 1)
     n = int(n)
@@ -241,14 +243,14 @@ def _arm(spec: str) -> None:
             return calls["n"] == n
 
     if point == "feature-put":
-        real_put = feature_cache.FeatureCache.put
+        real_put = array_store.ArrayStore.put
 
         def put(self, sha, feats):
             real_put(self, sha, feats)
             if nth():
                 _die()
 
-        feature_cache.FeatureCache.put = put
+        array_store.ArrayStore.put = put
     elif point == "feature-write":
         real_savez = np.savez
 
@@ -263,20 +265,20 @@ def _arm(spec: str) -> None:
 
         np.savez = savez  # only the feature cache calls it in this process
     elif point in ("pair-commit", "pair-midtx"):
-        real_put_many = pair_cache.PairCache.put_many
+        real_put_many = pair_store.VerdictStore.put_many
 
         def put_many(self, verdicts):
             if point == "pair-midtx" and nth():
                 rows = [(a, b, self.settings, v["n_matches"], v["n_inliers"], v["strength"], v["score"],
                          json.dumps(v["model"])) for (a, b), v in verdicts.items()]
                 self.conn.execute("BEGIN")
-                self.conn.executemany(pair_cache.INSERT, rows)
+                self.conn.executemany(pair_store.INSERT, rows)
                 _die()
             real_put_many(self, verdicts)
             if point == "pair-commit" and nth():
                 _die()
 
-        pair_cache.PairCache.put_many = put_many
+        pair_store.VerdictStore.put_many = put_many
     elif point in ("submission-write", "submission-rename"):
         real_atomic = submission.atomic_path
 

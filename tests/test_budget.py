@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from matcher import submission
-from matcher.budget import Deadline, Rate, largest_k, plan_cascade
+from matcher.cascade.budget import largest_k, plan_cascade
+from matcher.challenge import submission
+from matcher.timing import Deadline, Rate
 
 from conftest import run_main
 from scenario_factory import loo_and_split
@@ -105,11 +106,9 @@ def whales(tmp_path_factory):
 
 
 def expected_answers(root: Path) -> dict:
-    from matcher import data
+    from matcher.challenge import layout
 
-    challenge = data.load(root)
-    return {qid: (qimg, set(sc.database)) for sc in challenge.scenarios
-            for qid, qimg in sc.queries.itertuples(index=False)}
+    return layout.load(root).expected()
 
 
 def test_tiny_budget_still_writes_a_complete_valid_submission(whales, tmp_path):
@@ -142,9 +141,8 @@ def test_budget_that_fits_gives_the_unbudgeted_answer(whales, tmp_path):
 class SlowStage:
     """Wraps a pair stage; every pair it computes advances a simulated clock by ``cost`` seconds."""
 
-    def __init__(self, inner, clock: FakeClock, cost: float):
-        self.inner, self.clock, self.cost = inner, clock, cost
-        self.name, self.store = inner.name, inner.store
+    def __init__(self, name: str, inner, clock: FakeClock, cost: float):
+        self.name, self.inner, self.clock, self.cost = name, inner, clock, cost
 
     @property
     def computed(self):
@@ -152,6 +150,9 @@ class SlowStage:
 
     def cached(self, pairs):
         return self.inner.cached(pairs)
+
+    def stored(self):
+        return self.inner.stored()
 
     def __call__(self, pairs):
         before = self.inner.computed
@@ -162,24 +163,24 @@ class SlowStage:
 
 def simulated_run(root, tmp_path, budget: float, cost1: float, cost2: float):
     """The cascade on generated whales with stage times simulated (stage 2: MNN again, priced as expensive)."""
-    from matcher import data
-    from matcher.pair_cache import PairCache
-    from matcher.pair_verifier import PairVerifier
-    from matcher.pipeline import Engine, query_tasks
-    from matcher.shortlist import Cascade, CascadeSettings, VerifierStage
+    from matcher.cascade.scheduler import Cascade, CascadeSettings
+    from matcher.cascade.stages import EngineStage
+    from matcher.challenge import layout
+    from matcher.engine import Engine
 
-    challenge = data.load(root)
-    eng = Engine("sift-mnn", tmp_path / "cache", "cpu", progress=False, stage2="none", global_descriptor="none")
-    shas, _ = eng.prepare_images(challenge, set(challenge.metadata.index))
+    challenge = layout.load(root)
+    paths, bad = challenge.image_paths(set(challenge.metadata.index))
+    eng = Engine("sift-mnn", tmp_path / "cache", "cpu", progress=False)
+    shas, _ = eng.prepare(paths, bad)
+    other = Engine("sift-mnn", None, "cpu", workers=1, progress=False)  # the same matcher, its verdicts apart
+    other.prepare(paths, bad)
     clock = FakeClock(100.0)
     deadline = Deadline(budget, start=100.0, clock=clock)
-    loaded = eng.feature_stage.loaded
-    stage1 = SlowStage(VerifierStage("s1", eng.verifier, loaded), clock, cost1)
-    other = PairVerifier(eng.conf, "cpu", PairCache(None, "other"), 1, False)
-    stage2 = SlowStage(VerifierStage("s2", other, loaded), clock, cost2)
-    cascade = Cascade(eng, stage1, stage2, eng.global_stage, CascadeSettings(budget_s=budget, k2_max=10, round_min=4),
-                      deadline)
-    cascade.prepare(query_tasks(challenge), shas)
+    stage1 = SlowStage("s1", EngineStage(eng), clock, cost1)
+    stage2 = SlowStage("s2", EngineStage(other), clock, cost2)
+    cascade = Cascade(stage1, stage2, None, CascadeSettings(budget_s=budget, k2_max=10, round_min=4), deadline,
+                      eng.conf["verifier"]["score_scale"], progress=False)
+    cascade.prepare(challenge.query_tasks(), shas)
     plan = cascade.run()
     return cascade, plan, clock, deadline
 

@@ -7,46 +7,54 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matcher import rerank as reranking
-from matcher import data, features, global_descriptors as gd, presets, shortlist
-from matcher.budget import Deadline
+from matcher import presets
+from matcher.cascade import CascadeSettings, codebook, stages
+from matcher.cascade import global_descriptors as gd
+from matcher.cascade import rerank as reranking
+from matcher.challenge import layout
+from matcher.challenge.run import run, submission_rows
+from matcher.engine import Engine
 from matcher.errors import WeightsError
-from matcher.pipeline import Engine, rank_scenarios, run_cascade
-from matcher.shortlist import CascadeSettings
+from matcher.features import extractors as features
+from matcher.io import images
+from matcher.timing import Deadline
 
 from scenario_factory import loo_and_split, write_layout
 
 PRESET = "sift-mnn"
 
 
-class RecordingStage(shortlist.PairStage):
-    """A stand-in expensive matcher: MNN + RANSAC again (fast), remembering every pair it was asked for."""
+class RecordingStage(stages.PairStage):
+    """A stand-in expensive matcher: MNN + RANSAC again (fast, verdicts kept in memory), remembering every
+    pair it was asked for."""
 
     name = "recording"
     calls: list[set] = []
 
     def __init__(self, engine):
-        from matcher.pair_cache import PairCache
-        from matcher.pair_verifier import PairVerifier
-
-        conf = engine.conf
-        self.store = PairCache(None, "recording")
-        self.verifier = PairVerifier(conf, "cpu", self.store, 1, False)
-        self.features = engine.feature_stage.loaded
+        self.engine = Engine(engine.name, None, "cpu", workers=1, progress=False)
+        self.paths = engine.image_paths
         RecordingStage.calls = []
 
     @property
     def computed(self):
-        return self.verifier.verified
+        return self.engine.verified()
+
+    def stored(self):
+        return 0
+
+    def cached(self, pairs):
+        return set()
 
     def __call__(self, pairs):
         RecordingStage.calls.append(set(pairs))
-        return self.verifier(pairs, self.features)
+        self.engine.features({s: self.paths[s] for pair in pairs for s in pair}, progress=False)
+        return self.engine.verdicts(pairs, progress=False)
 
 
 @pytest.fixture(autouse=True)
 def recording_stage(monkeypatch):
-    monkeypatch.setitem(shortlist.STAGE2_FACTORIES, "recording", lambda engine, conf: RecordingStage(engine))
+    monkeypatch.setitem(stages.STAGE2_FACTORIES, "recording", lambda engine, conf: RecordingStage(engine))
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +70,8 @@ def codebook_dir(whales, tmp_path_factory):
     root, meta = whales
     conf = presets.resolve(PRESET)
     ex = features.build(conf["extractor"])
-    from matcher import images
-
-    descs = [ex.extract([images.load(root / p)[0]])[0]["descriptors"] for p in meta["path"]]
-    book = gd.build_codebook_from_features(descs, k=32, per_image=200, iters=8, seed=0,
+    descs = [ex.extract([images.load(root / p)])[0]["descriptors"] for p in meta["path"]]
+    book = codebook.build_codebook_from_features(descs, k=32, per_image=200, iters=8, seed=0,
                                            info={"extractor": presets.feature_key(conf["extractor"])})
     folder = tmp_path_factory.mktemp("weights")
     book.save(folder / "codebook-test.json")
@@ -75,30 +81,50 @@ def codebook_dir(whales, tmp_path_factory):
 @pytest.fixture
 def with_stage0(codebook_dir, monkeypatch):
     monkeypatch.setenv("WHALEMATCH_WEIGHTS_DIR", str(codebook_dir))
-    monkeypatch.setitem(gd.GLOBALS, "asmk-test", {"model": "asmk", "codebook": "codebook-test.json",
+    monkeypatch.setitem(presets.GLOBAL_DESCRIPTORS, "asmk-test", {"model": "asmk", "codebook": "codebook-test.json",
                                                  "alpha": 3.0, "tau": 0.0})
     return "asmk-test"
 
 
-def engine(tmp_path, name="c", stage2="recording", global_descriptor="none"):
-    return Engine(PRESET, tmp_path / name, "cpu", progress=False, stage2=stage2, global_descriptor=global_descriptor)
+class Setup:
+    """An engine and the cascade's stage 2 and stage 0 for one test run."""
+
+    def __init__(self, path, stage2, global_descriptor):
+        self.engine = Engine(PRESET, path, "cpu", progress=False)
+        self.stage2, self.global_descriptor = stage2, global_descriptor
+
+    def settings(self, **kw) -> CascadeSettings:
+        return CascadeSettings(stage2=self.stage2, global_descriptor=self.global_descriptor, **kw)
+
+    def run(self, challenge, settings: CascadeSettings | None = None, deadline=None):
+        """The cascade's result, with its submission rows as ``.submission``."""
+        s = settings or CascadeSettings()
+        s.stage2, s.global_descriptor = self.stage2, self.global_descriptor
+        res = run(challenge, self.engine, s, deadline)
+        res.submission = submission_rows(challenge, res, s.stage2_mode)
+        return res
+
+    def rank(self, challenge, **kw):
+        return self.run(challenge, CascadeSettings(**kw)).submission, challenge.expected()
+
+
+def engine(tmp_path, name="c", stage2="recording", global_descriptor="none") -> Setup:
+    return Setup(tmp_path / name, stage2, global_descriptor)
 
 
 def _sha_of(eng, image_id, root):
-    from matcher import images
-
     return images.content_hash(images.read_bytes(root / "images" / f"{image_id}.jpg"))
 
 
 def test_stages_narrow_and_final_order_follows_the_stages(whales, tmp_path, with_stage0):
     root, meta = whales
     eng = engine(tmp_path, global_descriptor=with_stage0)
-    res = run_cascade(data.load(root), eng, CascadeSettings(k1=10, k2=4))
+    res = eng.run(layout.load(root), CascadeSettings(k1=10, k2=4))
     assert res.plan.k1 == 10 and res.plan.k2 == 4
     assert res.bands == (True, True)
     for qid, q in res.queries.items():
         assert q.done1 == 10 and q.done2 == 4
-        final = res.final_order(q, 10, 4)
+        final = res.final_ranking(q, 10, 4)
         ids = [d for d, _ in final]
         scores = np.array([s for _, s in final])
         assert sorted(ids) == sorted(q.candidates)  # every candidate ranked once
@@ -119,8 +145,8 @@ def test_stages_narrow_and_final_order_follows_the_stages(whales, tmp_path, with
 def test_no_stage_proposes_the_query_image(whales, tmp_path, with_stage0):
     root, meta = whales
     eng = engine(tmp_path, global_descriptor=with_stage0)
-    challenge = data.load(root)
-    res = run_cascade(challenge, eng, CascadeSettings(k1=8, k2=5))
+    challenge = layout.load(root)
+    res = eng.run(challenge, CascadeSettings(k1=8, k2=5))
     for qid, q in res.queries.items():
         assert q.query_image not in q.candidates
         for positions in (q.order0, q.order1):
@@ -134,8 +160,7 @@ def test_no_stage_proposes_the_query_image(whales, tmp_path, with_stage0):
 
 def test_nothing_cut_and_no_stage_2_gives_the_verdict_scores(whales, tmp_path, with_stage0):
     root, meta = whales
-    res = run_cascade(data.load(root), engine(tmp_path, stage2="none", global_descriptor=with_stage0),
-                      CascadeSettings())
+    res = engine(tmp_path, stage2="none", global_descriptor=with_stage0).run(layout.load(root), CascadeSettings())
     for qid, rows in res.submission.groupby("query_id"):
         q = res.queries[qid]
         pos = {q.candidates[q.usable[p]]: p for p in range(len(q.usable))}
@@ -145,11 +170,9 @@ def test_nothing_cut_and_no_stage_2_gives_the_verdict_scores(whales, tmp_path, w
 
 def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0):
     root, meta = whales
-    challenge = data.load(root)
-    big = run_cascade(challenge, engine(tmp_path, "a", global_descriptor=with_stage0),
-                      CascadeSettings(k1=10_000, k2=10_000))
-    everything = run_cascade(challenge, engine(tmp_path, "b", global_descriptor=with_stage0),
-                             CascadeSettings(k1=None, k2=None, k2_max=10_000))
+    challenge = layout.load(root)
+    big = engine(tmp_path, "a", global_descriptor=with_stage0).run(challenge, CascadeSettings(k1=10_000, k2=10_000))
+    everything = engine(tmp_path, "b", global_descriptor=with_stage0).run(challenge, CascadeSettings(k1=None, k2=None, k2_max=10_000))
     for q in big.queries.values():
         assert q.done1 == len(q.usable) == q.done2
     pd.testing.assert_frame_equal(big.submission, everything.submission)
@@ -161,14 +184,14 @@ def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0)
 def test_query_alone_or_in_the_full_run_gets_identical_rows(whales, tmp_path, with_stage0, ks):
     root, meta = whales
     k1, k2, rerank = ks
-    full = data.load(root)
-    sub_full, _ = rank_scenarios(full, engine(tmp_path, "full", global_descriptor=with_stage0), k1=k1, k2=k2,
+    full = layout.load(root)
+    sub_full, _ = engine(tmp_path, "full", global_descriptor=with_stage0).rank(full, k1=k1, k2=k2,
                                  rerank=rerank)
-    alone = data.load(root)
+    alone = layout.load(root)
     target = alone.scenarios[0]
     alone.scenarios = [target]
     target.queries = target.queries.iloc[[3]].reset_index(drop=True)
-    sub_alone, _ = rank_scenarios(alone, engine(tmp_path, "alone", global_descriptor=with_stage0), k1=k1, k2=k2,
+    sub_alone, _ = engine(tmp_path, "alone", global_descriptor=with_stage0).rank(alone, k1=k1, k2=k2,
                                   rerank=rerank)
     qid = target.queries["query_id"].iloc[0]
     expected = sub_full[sub_full["query_id"] == qid].reset_index(drop=True)
@@ -185,23 +208,19 @@ def test_rerank_uses_the_pairs_within_each_scenarios_database(whales, tmp_path):
     # through the whale's other view, verified within the database, can lift it again.
     views = meta.groupby("whale_id")["image_id"].agg(list)
     weak = {tuple(sorted((_sha_of(eng, v[0], root), _sha_of(eng, v[-1], root)))) for v in views}
-    real = eng.verifier
+    real = eng.engine.verdicts
 
-    class Weakened:
-        def __getattr__(self, name):
-            return getattr(real, name)
+    def weakened(pairs, preset=None, progress=None):
+        out = real(pairs, preset, progress)
+        for p in pairs:
+            if tuple(sorted(p)) in weak:
+                st = out[p]["strength"] / 5
+                out[p] = {**out[p], "strength": st, "score": st / (st + 20)}
+        return out
 
-        def __call__(self, pairs, feats):
-            out = real(pairs, feats)
-            for p in pairs:
-                if tuple(sorted(p)) in weak:
-                    st = out[p]["strength"] / 5
-                    out[p] = {**out[p], "strength": st, "score": st / (st + 20)}
-            return out
-
-    eng.verifier = Weakened()
-    challenge = data.load(root)
-    res = run_cascade(challenge, eng, CascadeSettings(rerank=True))
+    eng.engine.verdicts = weakened
+    challenge = layout.load(root)
+    res = eng.run(challenge, CascadeSettings(rerank=True))
     shas = {i: _sha_of(eng, i, root) for i in meta["image_id"]}
     databases = {sc.scenario_id: list(sc.database) for sc in challenge.scenarios}
     assert res.pairs["rerank"] == len({tuple(sorted((shas[a], shas[b]))) for db in databases.values()
@@ -214,7 +233,7 @@ def test_rerank_uses_the_pairs_within_each_scenarios_database(whales, tmp_path):
         direct = np.array([res.stage1[int(c)][0] for c in q.pair_codes])
         w = np.zeros((len(cands), len(cands)))
         pairs = {(a, b): tuple(sorted((shas[a], shas[b]))) for i, a in enumerate(cands) for b in cands[i + 1:]}
-        verdicts = eng.verifier(set(pairs.values()), eng.feature_stage.loaded)  # read back from the store
+        verdicts = eng.engine.verdicts(set(pairs.values()))  # read back from the store
         for (a, b), key in pairs.items():
             w[cands.index(a), cands.index(b)] = w[cands.index(b), cands.index(a)] = verdicts[key]["score"]
         expected = np.maximum(direct, reranking.rerank(direct, w))
@@ -228,7 +247,7 @@ def test_rerank_uses_the_pairs_within_each_scenarios_database(whales, tmp_path):
 def test_cascade_finds_the_whales_with_a_tight_k(whales, tmp_path, with_stage0):
     """With stage 0 cutting to 6 of 35 candidates, the two other views of each whale still come first."""
     root, meta = whales
-    sub, _ = rank_scenarios(data.load(root), engine(tmp_path, global_descriptor=with_stage0), k1=6, k2=3)
+    sub, _ = engine(tmp_path, global_descriptor=with_stage0).rank(layout.load(root), k1=6, k2=3)
     for qid, rows in sub.groupby("query_id"):
         whale = qid.split("-", 1)[1][:5]
         assert rows["database_image_id"].iloc[:2].str[:5].tolist() == [whale, whale], rows.head(4)
@@ -237,12 +256,12 @@ def test_cascade_finds_the_whales_with_a_tight_k(whales, tmp_path, with_stage0):
 def test_an_expired_deadline_still_ranks_every_query(whales, tmp_path, with_stage0):
     root, meta = whales
     eng = engine(tmp_path, global_descriptor=with_stage0)
-    challenge = data.load(root)
-    eng.prepare_images(challenge, set(meta["image_id"]))  # features first; then the budget is gone
+    challenge = layout.load(root)
+    eng.engine.prepare(*challenge.image_paths(set(meta["image_id"])))  # features first; then the budget is gone
     deadline = Deadline(10.0, start=-1e9)
-    res = run_cascade(challenge, eng, CascadeSettings(budget_s=10.0), deadline)
+    res = eng.run(challenge, CascadeSettings(budget_s=10.0), deadline)
     assert deadline.tripped
-    assert eng.verifier.verified == 0 and not RecordingStage.calls  # nothing verified after the deadline
+    assert eng.engine.verified() == 0 and not RecordingStage.calls  # nothing verified after the deadline
     counts = res.submission.groupby("query_id").size()
     assert len(counts) == 12 and counts.min() == 20
     assert res.submission["score"].between(0, 1 / 2).all()  # stage 0's band only (stage 1's is empty)
@@ -269,21 +288,21 @@ def test_codebook_round_trip_and_corruption(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(size=(500, 16)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    book = gd.Codebook(gd.spherical_kmeans(x, 8, iters=5, seed=0), {"version": 1})
+    book = codebook.Codebook(codebook.spherical_kmeans(x, 8, iters=5, seed=0), {"version": 1})
     assert np.allclose(np.linalg.norm(book.centroids, axis=1), 1.0, atol=1e-5)
     book.save(tmp_path / "cb.json")
-    again = gd.Codebook.load(tmp_path / "cb.json")
+    again = codebook.Codebook.load(tmp_path / "cb.json")
     assert again.digest == book.digest and again.centroids.shape == (8, 16)
     text = (tmp_path / "cb.json").read_text().replace('"centroids": "', '"centroids": "AAAA', 1)
     (tmp_path / "bad.json").write_text(text)
     with pytest.raises(WeightsError):
-        gd.Codebook.load(tmp_path / "bad.json")
+        codebook.Codebook.load(tmp_path / "bad.json")
 
 
 def test_missing_codebook_passes_everything_through(tmp_path, monkeypatch):
     monkeypatch.setenv("WHALEMATCH_WEIGHTS_DIR", str(tmp_path))
-    monkeypatch.setitem(gd.GLOBALS, "asmk-missing", {"model": "asmk", "codebook": "nope.json"})
-    stage = gd.GlobalStage("asmk-missing", presets.resolve(PRESET)["extractor"], None)
+    monkeypatch.setitem(presets.GLOBAL_DESCRIPTORS, "asmk-missing", {"model": "asmk", "codebook": "nope.json"})
+    stage = gd.GlobalStage("asmk-missing", Engine(PRESET, None, "cpu", progress=False))
     assert not stage.enabled
     assert stage.scores("q", ["a", "b"]).tolist() == [0.0, 0.0]
 
@@ -292,13 +311,13 @@ def test_a_resumed_run_with_its_pilot_pairs_cached_still_plans_everything(whales
     """A run killed after stage 1 verified every query's first candidates leaves those pairs cached; the
     resumed run's pilot then computes nothing, and must time uncached pairs rather than plan blind."""
     root, meta = whales
-    challenge = data.load(root)
-    rank_scenarios(challenge, engine(tmp_path, "c", stage2="none"), k1=16)  # the first run, cut short
+    challenge = layout.load(root)
+    engine(tmp_path, "c", stage2="none").rank(challenge, k1=16)  # the first run, cut short
     eng = engine(tmp_path, "c", stage2="none")
-    res = run_cascade(data.load(root), eng, CascadeSettings(budget_s=3600.0), Deadline(3600.0))
+    res = eng.run(layout.load(root), CascadeSettings(budget_s=3600.0), Deadline(3600.0))
     assert res.plan.k1 == res.plan.database_max == 35
-    assert eng.verifier.verified > 0  # only what the first run had not verified
-    reference = run_cascade(data.load(root), engine(tmp_path, "ref", stage2="none"), CascadeSettings())
+    assert eng.engine.verified() > 0  # only what the first run had not verified
+    reference = engine(tmp_path, "ref", stage2="none").run(layout.load(root), CascadeSettings())
     pd.testing.assert_frame_equal(res.submission, reference.submission)
 
 
@@ -320,32 +339,28 @@ def test_rerank_is_done_per_scenario_while_the_budget_allows(whales, tmp_path):
 
     def timed_engine(name):
         eng = engine(tmp_path, name, stage2="none")
-        real = eng.verifier
+        real = eng.engine.verdicts
 
-        class Timed:
-            def __getattr__(self, attr):
-                return getattr(real, attr)
+        def timed(pairs, preset=None, progress=None):
+            before = eng.engine.verified()
+            out = real(pairs, preset, progress)
+            now[0] += eng.engine.verified() - before  # one second per pair computed
+            return out
 
-            def __call__(self, pairs, feats):
-                before = real.verified
-                out = real(pairs, feats)
-                now[0] += real.verified - before  # one second per pair computed
-                return out
-
-        eng.verifier = Timed()
+        eng.engine.verdicts = timed
         return eng
 
     settings = CascadeSettings(k1=10_000, rerank=True)
-    ref = run_cascade(data.load(root), timed_engine("ref"), settings, Deadline(float("inf"), clock=lambda: now[0]))
+    ref = timed_engine("ref").run(layout.load(root), settings, Deadline(float("inf"), clock=lambda: now[0]))
     n1 = ref.pairs["stage1"]
     assert n1 == 2 * 8 + 2 * 16 and ref.pairs["rerank"] == 28 + 120
     budget = (n1 + 28 + 30) / 0.99  # the deadline keeps 20 s + 1% back for writing the result
     now[0] = 0.0
     deadline = Deadline(budget, clock=lambda: now[0])
-    res = run_cascade(data.load(root), timed_engine("cut"), settings, deadline)
+    res = timed_engine("cut").run(layout.load(root), settings, deadline)
     assert res.pairs["stage1"] == n1 and res.pairs["rerank"] == 28
     assert res.cut == ["re-rank"] and any("before scenario large" in t for t in deadline.tripped)
-    plain = run_cascade(data.load(root), engine(tmp_path, "ref", stage2="none"), CascadeSettings(k1=10_000))
+    plain = engine(tmp_path, "ref", stage2="none").run(layout.load(root), CascadeSettings(k1=10_000))
     for qid, q in res.queries.items():
         assert (q.rr is not None) == (q.scenario == "small")
         expected = (ref if q.scenario == "small" else plain).submission

@@ -10,10 +10,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matcher import drawing
-from matcher.cli import main
-from matcher.curation import Curator, PairTask, Photo, load_catalogue, mirror_key, mirror_side, plan_audit
-from matcher.pipeline import Engine
+from matcher.curation import drawing
+from matcher.curation.audit import plan_audit
+from matcher.curation.cli import main
+from matcher.curation.curator import Curator, PairTask, mirror_side
+from matcher.engine import Engine
+from matcher.features.stage import mirror_key
+from matcher.io.catalogue import Photo, comparable, load_catalogue
 
 from conftest import textured_image, warp_affine
 
@@ -91,7 +94,8 @@ def test_mirrored_flank_is_matched_against_the_mirror_and_drawn_unflipped(tmp_pa
     task = PairTask(a, b, side)
     row = cur.verify([task])[0]
     assert row["n_inliers"] >= 40 and row["mirrored"] == "bm" and "mirrored" in row["note"]
-    assert mirror_key(cur.shas["bm"]) in cur.engine.feature_stage.loaded
+    mirrored = cur.engine.feature(mirror_key(cur.shas["bm"]))  # held in memory (KeyError if not)
+    assert len(mirrored["keypoints"]) > 0
     # Points drawn on the unflipped right-flank photo: the true map followed by the flip.
     c = cur.correspondences(task)
     w = pair_files["width"]
@@ -147,7 +151,7 @@ def test_cli_batch_writes_results_and_reuses_the_caches(tmp_path, pair_files, ca
     tasks = [PairTask(Photo("a", pair_files["a"]), Photo("c", pair_files["c"])),
              PairTask(Photo("a", pair_files["a"]), Photo("m", pair_files["mirrored"]), "b")]
     rows = cur.verify(tasks)
-    assert cur.engine.feature_stage.extracted == 0 and cur.engine.verifier.verified == 0
+    assert cur.engine.stats.features_extracted == 0 and cur.engine.verified() == 0
     assert rows[1]["n_inliers"] == by_b["b_mirrored.png"]["n_inliers"]
 
 
@@ -247,8 +251,6 @@ def test_audit_plan_matches_brute_force_with_unknown_views(scope):
     views = ["top", "left", "right", ""]
     photos = [Photo(f"p{k:02d}", None, views[rng.integers(4)], f"w{rng.integers(6)}", f"2018-08-0{rng.integers(1, 3)}")
               for k in range(40)]
-    from matcher.curation import comparable
-
     expected = {(a.id, b.id) for i, a in enumerate(photos) for b in photos[i + 1:]
                 if a.whale_id != b.whale_id and comparable(a, b) and (scope == "all" or a.date == b.date)}
     plan = plan_audit(photos, scope=scope)

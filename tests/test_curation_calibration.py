@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matcher import calibration as calib
 from matcher import presets
-from matcher.cli import main
+from matcher.curation import calibration as calib
+from matcher.curation.cli import main
 
 from conftest import REPO, textured_image, warp_affine
 from test_curation import PRESET, save_rgb
@@ -19,12 +19,20 @@ from test_curation import PRESET, save_rgb
 BUNDLED = REPO / "weights" / "calibration-disk-mnn.json"
 
 
-def test_pool_adjacent_violators_on_a_known_case():
-    values, weights, blocks = calib.pool_adjacent_violators(np.array([1.0, 0.0, 0.0, 1.0, 1.0]))
-    assert np.allclose(values, [1 / 3, 1.0]) and np.allclose(weights, [3, 2])  # ties pooled: maximal blocks
-    assert blocks == [(0, 3), (3, 5)]
-    values, _, _ = calib.pool_adjacent_violators(np.array([0.2, 0.9, 0.1]), np.array([1.0, 1.0, 2.0]))
-    assert np.allclose(values, [0.2, (0.9 + 0.2) / 3])
+def test_isotonic_fit_pools_violators_on_a_known_case():
+    # Without shrinking the knots are the pooled blocks: [1, 0, 0 | 1, 1] pools into maximal blocks (ties too).
+    kx, ky = calib.fit_isotonic(np.arange(5.0), np.array([1, 0, 0, 1, 1]), pseudo_count=0.0)
+    assert kx == [0.0, 2.0, 3.0, 4.0]  # blocks [0, 3) and [3, 5): each its lowest and highest x
+    assert np.allclose(ky, [1 / 3, 1 / 3, 1.0, 1.0])
+    # Each block is shrunk towards 1/2 by one pseudo-count in units of its weight (3 and 2).
+    kx, ky = calib.fit_isotonic(np.arange(5.0), np.array([1, 0, 0, 1, 1]), pseudo_count=1.0)
+    assert kx == [0.0, 2.0, 3.0, 4.0] and np.allclose(ky, [1.5 / 4, 1.5 / 4, 2.5 / 3, 2.5 / 3])
+    # Weighted: values 0.2, 0.9, 0.1 at x 0, 1, 2 with weights 1, 1, 2 (labels weighted to those shares).
+    x = np.array([0.0, 0.0, 1.0, 1.0, 2.0, 2.0])
+    labels = np.array([1, 0, 1, 0, 1, 0])
+    w = np.array([0.2, 0.8, 0.9, 0.1, 0.2, 1.8])
+    kx, ky = calib.fit_isotonic(x, labels, w, pseudo_count=0.0)
+    assert kx == [0.0, 1.0, 2.0] and np.allclose(ky, [0.2, (0.9 + 0.2) / 3, (0.9 + 0.2) / 3])
 
 
 def test_isotonic_fit_is_monotone_in_unit_interval_and_follows_the_data():

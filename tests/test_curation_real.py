@@ -14,7 +14,7 @@ import shutil
 
 import pandas as pd
 
-from matcher.cli import main
+from matcher.curation.cli import main
 
 WHALES = {
     "whale039": ["train0044", "train2842", "train2932", "train3393", "train3685"],

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from matcher import report
-from matcher.cli import main
+from matcher.curation import report
+from matcher.curation.cli import main
 
 from conftest import textured_image, warp_affine
 from test_curation import PRESET, save_rgb

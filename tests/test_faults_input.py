@@ -17,11 +17,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from matcher import data, features, images, presets, submission
+from matcher import presets
+from matcher.challenge import layout, submission
+from matcher.features import extractors as features
+from matcher.features.store import feature_store
+from matcher.io import images, tables
 from matcher.errors import DataError, ImageError
-from matcher.pair_cache import PairCache
-from matcher.pair_verifier import PairVerifier
-from matcher.pipeline import Engine, rank_scenarios
+from matcher.pairs.store import VerdictStore
+from matcher.pairs.verifier import PairVerifier
+from matcher.challenge.run import rank_scenarios
+from matcher.engine import Engine
 
 import conftest
 from conftest import textured_image
@@ -131,7 +136,7 @@ def test_paths_outside_the_data_folder_are_refused_and_never_opened(tmp_path, mo
             opened.append(os.fsdecode(args[0]))
 
     sys.addaudithook(audit)
-    challenge = data.load(root)
+    challenge = layout.load(root)
     watching["on"] = True
     try:
         sub, expected = rank_scenarios(challenge, Engine(PRESET, None, "cpu", progress=False))
@@ -150,7 +155,7 @@ def test_paths_outside_the_data_folder_are_refused_and_never_opened(tmp_path, mo
 @pytest.mark.parametrize("rel", ["images/a\x00.jpg", "images/\nname.jpg", "", "   "])
 def test_control_characters_and_empty_paths_are_refused(tmp_path, rel):
     with pytest.raises(DataError, match=r"meta\.csv: path .* (control characters|absolute or empty)"):
-        data.safe_join(tmp_path, rel, tmp_path / "meta.csv")
+        tables.safe_join(tmp_path, rel, tmp_path / "meta.csv")
 
 
 def test_scenario_files_outside_the_folder_are_refused(tmp_path):
@@ -159,7 +164,7 @@ def test_scenario_files_outside_the_folder_are_refused(tmp_path):
     write_csv(folder.root / "query_scenarios.csv", ["scenario_id", "queries_path", "database_path"],
               [["s", "../evil.csv", "databases/all.csv"]])
     with pytest.raises(DataError, match=r"query_scenarios\.csv: path '\.\./evil\.csv' points outside the data folder"):
-        data.load(folder.root)
+        layout.load(folder.root)
 
 
 # ---------------------------------------------------------------- images
@@ -292,13 +297,11 @@ def test_flat_image_has_no_keypoints_and_scores_zero_through_matching_and_ransac
     f_flat, f_tex = ex.extract([flat, textured_image(4)])
     assert len(f_flat["keypoints"]) == 0 and f_flat["descriptors"].shape == (0, 128)
     assert len(f_tex["keypoints"]) > 100
-    verifier = PairVerifier(conf, "cpu", PairCache(tmp_path / "pairs.sqlite", presets.verdict_key(conf)))
+    verifier = PairVerifier(conf, "cpu", VerdictStore(tmp_path / "pairs.sqlite", presets.verdict_key(conf)))
     for a, b in ((f_flat, f_tex), (f_tex, f_flat), (f_flat, f_flat)):
         v = verifier.verify_pair(a, b)
         assert v["n_matches"] == 0 and v["n_inliers"] == 0 and v["score"] == 0.0 and v["model"] is None
-    from matcher.feature_cache import FeatureCache
-
-    cache = FeatureCache(tmp_path, conf["extractor"])  # an empty entry is stored and read back as such
+    cache = feature_store(tmp_path / "features", conf["extractor"])  # an empty entry is stored and read back
     cache.put("ab" * 32, f_flat)
     back = cache.get("ab" * 32)
     assert back is not None and back["keypoints"].shape == (0, 2) and back["descriptors"].shape == (0, 128)
@@ -317,7 +320,7 @@ def test_non_utf8_metadata_is_read_with_a_warning(tmp_path, caplog):
     rows[1][4] = "côté gauche"  # cp1252 / Latin-1
     write_csv(root / "metadata.csv", FIELDS, rows, encoding="cp1252")
     with caplog.at_level(logging.WARNING):
-        ch = data.load(root)
+        ch = layout.load(root)
     assert re.search(r"metadata\.csv is not UTF-8 \(byte 0xf4 on line 3\); reading it as Windows-1252", caplog.text)
     assert ch.metadata.loc[rows[1][0], "viewpoint"] == "côté gauche"
 
@@ -327,7 +330,7 @@ def test_unicode_with_byte_order_mark_is_read(tmp_path, caplog, encoding):
     root = _folder(tmp_path)
     rows = pd.read_csv(root / "metadata.csv", dtype=str).values.tolist()
     write_csv(root / "metadata.csv", FIELDS, rows, encoding=encoding)
-    ch = data.load(root)
+    ch = layout.load(root)
     assert list(ch.metadata.index) == [r[0] for r in rows] and "not UTF-8" not in caplog.text
 
 
@@ -340,7 +343,7 @@ def test_quoted_fields_with_commas_crlf_and_semicolons(tmp_path, caplog):
     text = (root / "queries" / "all.csv").read_text().replace(",", ";")
     (root / "queries" / "all.csv").write_text(text)
     with caplog.at_level(logging.WARNING):
-        ch = data.load(root)
+        ch = layout.load(root)
     assert ch.image_path("w0a").name == "w0a, left side.jpg" and ch.image_path("w0a").is_file()
     assert re.search(r"queries/all\.csv is separated by ';', not commas", caplog.text)
     assert list(ch.scenarios[0].queries["query_image_id"]) == ["w0a", "w1a"]
@@ -351,7 +354,7 @@ def test_renamed_column_names_the_file_and_suggests_the_column(tmp_path):
     text = (root / "metadata.csv").read_text().replace("image_id", "imageid", 1)
     (root / "metadata.csv").write_text(text)
     with pytest.raises(DataError) as exc:
-        data.load(root)
+        layout.load(root)
     msg = str(exc.value)
     assert re.search(r"metadata\.csv: missing column\(s\) image_id; found imageid, path", msg), msg
     assert "'imageid' for 'image_id'?" in msg
@@ -361,7 +364,7 @@ def test_missing_column_names_the_file(tmp_path):
     root = _folder(tmp_path)
     (root / "databases" / "all.csv").write_text("w0a\nw0b\n")  # no header at all
     with pytest.raises(DataError, match=r"databases/all\.csv: missing column\(s\) database_image_id; found w0a"):
-        data.load(root)
+        layout.load(root)
 
 
 def test_column_names_differing_in_case_or_spacing_are_accepted(tmp_path, caplog):
@@ -369,7 +372,7 @@ def test_column_names_differing_in_case_or_spacing_are_accepted(tmp_path, caplog
     text = (root / "queries" / "all.csv").read_text().replace("query_id,query_image_id", " Query ID , Query-Image-ID ")
     (root / "queries" / "all.csv").write_text(text)
     with caplog.at_level(logging.WARNING):
-        ch = data.load(root)
+        ch = layout.load(root)
     assert "reading column(s) 'Query ID' as 'query_id'" in caplog.text
     assert list(ch.scenarios[0].queries["query_id"]) == ["all-w0a", "all-w1a"]
 
@@ -389,7 +392,7 @@ def test_unreadable_csv_stops_the_run_with_the_file_and_the_problem(tmp_path, na
     else:
         (root / name).write_bytes(content)
     with pytest.raises(DataError, match=pattern):
-        data.load(root)
+        layout.load(root)
 
 
 def test_row_level_metadata_problems_affect_only_their_image(tmp_path, caplog):
@@ -401,7 +404,7 @@ def test_row_level_metadata_problems_affect_only_their_image(tmp_path, caplog):
     rows.append(["", "images/w1a.jpg", "", "", "", ""])  # no image_id
     write_csv(root / "metadata.csv", FIELDS, rows)
     with caplog.at_level(logging.WARNING):
-        ch = data.load(root)
+        ch = layout.load(root)
     assert "metadata.csv: 1 repeated row(s) ignored" in caplog.text
     assert "metadata.csv: 1 row(s) with an empty image_id ignored (line(s) 9)" in caplog.text
     with pytest.raises(DataError, match=r"image_id 'w0b' is listed twice with different paths"):
@@ -416,7 +419,7 @@ def test_empty_database_file_and_header_only_database(tmp_path, caplog):
     (root / "databases" / "all.csv").write_bytes(b"")
     (root / "databases" / "half.csv").write_text("database_image_id\n")
     with caplog.at_level(logging.WARNING):
-        ch = data.load(root)
+        ch = layout.load(root)
     assert [s.database for s in ch.scenarios] == [[], []]
     assert "databases/all.csv is empty (no header); read as no rows" in caplog.text
     assert "database of scenario half is empty" in caplog.text
@@ -430,7 +433,7 @@ def test_empty_database_file_and_header_only_database(tmp_path, caplog):
 def test_query_image_missing_from_metadata_is_answered_with_score_zero(tmp_path, caplog):
     root = _folder(tmp_path)
     write_scenarios(root, {"s": ([("q-ghost", "ghost"), ("q-w0a", "w0a")], ["w0a", "w0b", "w1a", "w1b"])})
-    ch = data.load(root)
+    ch = layout.load(root)
     with caplog.at_level(logging.WARNING):
         sub, expected = rank_scenarios(ch, Engine(PRESET, None, "cpu", progress=False))
     assert re.search(r"unusable image ghost: \S*metadata\.csv: image 'ghost' is not listed", caplog.text)

@@ -302,16 +302,16 @@ def test_corrupt_pair_store_is_moved_aside_and_rebuilt(ref, tmp_path, how):
 @pytest.mark.parametrize("how", ["garbage", "truncated", "zeroed-middle", "garbled-cells"])
 def test_damaged_pair_store_is_detected_in_use(tmp_path, caplog, how, first):
     """Damage found when opening, or only when reading, is reported; the store starts afresh and works."""
-    from matcher.pair_cache import PairCache
+    from matcher.pairs.store import VerdictStore
 
     db = tmp_path / "pairs.sqlite"
     verdict = {"n_matches": 9, "n_inliers": 7, "strength": 7.5, "score": 0.27, "model": [1.0, 0, 0, 0, 1.0, 0]}
     pairs = [(f"{i:064x}", f"{i + 1:064x}") for i in range(2000)]
-    store = PairCache(db, "s")
+    store = VerdictStore(db, "s")
     store.put_many({p: verdict for p in pairs})
     store.close()
     _damage_store(db, how)
-    store = PairCache(db, "s")
+    store = VerdictStore(db, "s")
     if how == "garbled-cells":  # nothing wrong is seen on opening: it is found in use
         assert store.on_disk and "is unreadable" not in caplog.text
     if first == "count":

@@ -15,10 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from matcher import features, presets, submission, weights
+from matcher import presets
+from matcher.challenge import submission
+from matcher.features import extractors as features
+from matcher.io import weights
 from matcher.errors import WeightsError
-from matcher.pair_cache import PairCache
-from matcher.pair_verifier import PairVerifier
+from matcher.pairs.store import VerdictStore
+from matcher.pairs.verifier import PairVerifier
 
 from conftest import textured_image, warp_affine
 
@@ -266,7 +269,7 @@ def test_disk_lightglue_and_aliked_build_offline_and_handle_an_image_without_tex
     for f in (f_img, f_warp, f_flat):
         assert len(f["keypoints"]) == len(f["descriptors"]) == len(f["scores"])
         assert np.isfinite(f["keypoints"]).all()
-    verifier = PairVerifier(conf, "cpu", PairCache(None, presets.verdict_key(conf)))
+    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)))
     same = verifier.verify_pair(f_img, f_warp)
     assert same["n_inliers"] >= 20 and same["score"] > 0.5
     empty = {**f_flat, "keypoints": f_flat["keypoints"][:0], "descriptors": f_flat["descriptors"][:0],

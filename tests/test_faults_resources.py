@@ -15,8 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matcher import atomic, data, device, feature_cache, features, presets, submission
-from matcher.pipeline import Engine, rank_scenarios
+from matcher import presets
+from matcher.challenge import layout, submission
+from matcher.features import extractors as features
+from matcher.io import array_store, atomic, device
+from matcher.challenge.run import rank_scenarios
+from matcher.engine import Engine
 
 from conftest import REPO, run_main
 from faultdata import clean_folder
@@ -117,7 +121,7 @@ def test_no_gpu_at_all_picks_the_cpu(monkeypatch, tmp_path):
     folder = clean_folder(tmp_path / "data", n_whales=2)
     engine = Engine(PRESET, tmp_path / "cache", None, progress=False)
     assert engine.device == "cpu"
-    sub, expected = rank_scenarios(data.load(folder.root), engine)
+    sub, expected = rank_scenarios(layout.load(folder.root), engine)
     submission.validate(sub, expected)
     assert sub.groupby("query_id").first().loc["all-w0a", "database_image_id"] == "w0b"
     for name in ("current_device", "get_device_properties", "set_per_process_memory_fraction", "empty_cache"):
@@ -145,30 +149,30 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch, tmp_path, ca
 def test_an_image_the_extractor_fails_on_is_ranked_around(monkeypatch, tmp_path, caplog):
     """A network error on one image (not out of memory) costs that image only: its batch is retried image by
     image, it is reported with its file name, and every other image is extracted and ranked."""
-    from matcher.extraction import FeatureStage
+    from matcher.io import images
 
     folder = clean_folder(tmp_path / "data", n_whales=4)
     poisoned = folder.root / "images" / "w1b.jpg"
-    real_decode = FeatureStage._decode
+    real_load = images.load
     marker = np.zeros((37, 41, 3), np.uint8)  # what the poisoned file "decodes" to
-    monkeypatch.setattr(FeatureStage, "_decode",
-                        staticmethod(lambda path: marker if Path(path) == poisoned else real_decode(path)))
+    monkeypatch.setattr(images, "load", lambda path, *a: marker if Path(path) == poisoned else real_load(path, *a))
     engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
-    real_extract = engine.feature_stage.extractor.extract
+    extractor = features.EXTRACTOR_CLASSES[engine.conf["extractor"]["model"]]
+    real_extract = extractor.extract
     batches = []
 
-    def extract(batch):
+    def extract(self, batch):
         batches.append(len(batch))
         if any(img is marker for img in batch):
             raise ValueError("a layer failed on this input")
-        return real_extract(batch)
+        return real_extract(self, batch)
 
-    monkeypatch.setattr(engine.feature_stage.extractor, "extract", extract)
+    monkeypatch.setattr(extractor, "extract", extract)
     with caplog.at_level(logging.WARNING):
-        sub, expected = rank_scenarios(data.load(folder.root), engine)
+        sub, expected = rank_scenarios(layout.load(folder.root), engine)
     submission.validate(sub, expected)
     assert max(batches) > 1 and batches.count(1) >= 2  # the failing batch was retried one image at a time
-    assert engine.feature_stage.extracted == len(list((folder.root / "images").glob("*.jpg"))) - 1
+    assert engine.stats.features_extracted == len(list((folder.root / "images").glob("*.jpg"))) - 1
     assert (sub.loc[sub["database_image_id"] == "w1b", "score"] == 0).all()  # ranked around, after the evidence
     assert re.search(r"w1b\.jpg: feature extraction failed \(ValueError: a layer failed on this input\)", caplog.text)
     assert sub.groupby("query_id").first().loc["all-w0a", "database_image_id"] == "w0b"
@@ -182,7 +186,7 @@ def small(tmp_path_factory):
     """A clean folder and its submission from a run without any cache (the reference)."""
     root = tmp_path_factory.mktemp("res")
     folder = clean_folder(root / "data", n_whales=4)
-    sub, expected = rank_scenarios(data.load(folder.root), Engine(PRESET, None, "cpu", progress=False))
+    sub, expected = rank_scenarios(layout.load(folder.root), Engine(PRESET, None, "cpu", progress=False))
     return folder.root, sub, expected
 
 
@@ -198,7 +202,7 @@ def _erofs(*args, **kwargs):
 def test_feature_cache_full_or_read_only_is_reported_and_the_run_goes_on(small, tmp_path, monkeypatch, caplog, fault):
     root, ref, _ = small
     if fault == "savez ENOSPC":
-        monkeypatch.setattr(feature_cache.np, "savez", _enospc)
+        monkeypatch.setattr(array_store.np, "savez", _enospc)
         reason = "No space left on device"
     elif fault == "rename EROFS":
         real_replace = os.replace
@@ -219,7 +223,7 @@ def test_feature_cache_full_or_read_only_is_reported_and_the_run_goes_on(small, 
     cache = tmp_path / "cache"
     engine = Engine(PRESET, cache, "cpu", progress=False)
     with caplog.at_level(logging.WARNING):
-        sub, expected = rank_scenarios(data.load(root), engine)
+        sub, expected = rank_scenarios(layout.load(root), engine)
     warnings = [r.getMessage() for r in caplog.records if "feature cache" in r.getMessage()]
     assert len(warnings) == 1, warnings  # reported once, not once per image
     assert re.search(rf"feature cache at \S+ is not writable \(.*{reason}.*\); continuing without caching features",
@@ -234,11 +238,11 @@ def test_verdict_store_full_is_reported_and_the_run_goes_on(small, tmp_path, cap
     """A real SQLITE_FULL: the store may not grow past its current size (PRAGMA max_page_count)."""
     root, ref, _ = small
     engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
-    conn = engine.verifier.store.conn
+    conn = engine.verifier().store.conn
     pages = conn.execute("PRAGMA page_count").fetchone()[0]
     conn.execute(f"PRAGMA max_page_count = {pages}")
     with caplog.at_level(logging.WARNING):
-        sub, _ = rank_scenarios(data.load(root), engine)
+        sub, _ = rank_scenarios(layout.load(root), engine)
     assert re.search(r"cannot write to pair cache \S+pairs\.sqlite \(database or disk is full\); "
                      r"continuing without caching verdicts", caplog.text), caplog.text
     assert caplog.text.count("cannot write to pair cache") == 1
@@ -249,10 +253,10 @@ def test_verdict_store_full_is_reported_and_the_run_goes_on(small, tmp_path, cap
 def test_feature_entries_still_read_when_the_cache_cannot_be_written(small, tmp_path, monkeypatch, caplog):
     root, ref, _ = small
     cache = tmp_path / "cache"
-    rank_scenarios(data.load(root), Engine(PRESET, cache, "cpu", progress=False))
-    monkeypatch.setattr(feature_cache.np, "savez", _enospc)
+    rank_scenarios(layout.load(root), Engine(PRESET, cache, "cpu", progress=False))
+    monkeypatch.setattr(array_store.np, "savez", _enospc)
     engine = Engine(PRESET, cache, "cpu", progress=False)
-    sub, _ = rank_scenarios(data.load(root), engine)
+    sub, _ = rank_scenarios(layout.load(root), engine)
     assert engine.stats.features_extracted == 0 and engine.stats.pairs_verified == 0 and sub.equals(ref)
 
 

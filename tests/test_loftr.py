@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from conftest import textured_image, warp_affine
-from matcher import loftr, weights
+from matcher.io import weights
+from matcher.pairs import loftr
 from matcher.errors import WeightsError
 
 torch = pytest.importorskip("torch")

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from matcher.metrics import (
+from matcher.challenge.metric import (
     average_precision_at_k,
     mean_average_precision,
     recall_at_k,

@@ -8,8 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from matcher import data
-from matcher.pipeline import Engine, rank_scenarios
+from matcher.challenge import layout
+from matcher.challenge.run import rank_scenarios
+from matcher.engine import Engine
 
 from conftest import run_main
 from scenario_factory import loo_and_split, write_layout
@@ -79,10 +80,10 @@ def test_repeated_query_rows_get_one_answer(whales, tmp_path):
 
 def test_query_ranking_independent_of_other_queries_and_scenarios(whales, tmp_path):
     root, meta = whales
-    full = data.load(root)
+    full = layout.load(root)
     sub_full, _ = rank_scenarios(full, Engine(PRESET, tmp_path / "c1", "cpu", progress=False))
 
-    alone = data.load(root)
+    alone = layout.load(root)
     target = alone.scenarios[0]
     alone.scenarios = [target]
     target.queries = target.queries.iloc[[2]].reset_index(drop=True)

@@ -7,9 +7,10 @@ import shutil
 import numpy as np
 import pandas as pd
 
-from matcher import data
-from matcher.metrics import mean_average_precision
-from matcher.pipeline import Engine, rank_scenarios
+from matcher.challenge import layout
+from matcher.challenge.metric import mean_average_precision
+from matcher.challenge.run import rank_scenarios
+from matcher.engine import Engine
 
 from scenario_factory import write_layout
 
@@ -29,7 +30,7 @@ def test_small_real_scenario_scores_well_above_random(belugas, tmp_path):
     write_layout(tmp_path / "d", chosen[["image_id", "path", "height", "width", "viewpoint", "date"]],
                  {"real": (queries, database)})
 
-    sub, _ = rank_scenarios(data.load(tmp_path / "d"), Engine("disk-mnn", tmp_path / "cache", "cpu", progress=False))
+    sub, _ = rank_scenarios(layout.load(tmp_path / "d"), Engine("disk-mnn", tmp_path / "cache", "cpu", progress=False))
 
     whale_of = dict(zip(chosen["image_id"], chosen["whale_id"]))
     labels = pd.DataFrame(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from matcher import rerank as reranking
-from matcher.rerank import DEFAULT_WEIGHT, MODES, max_path, rerank
+from matcher.cascade import rerank as reranking
+from matcher.cascade.rerank import DEFAULT_WEIGHT, MODES, max_path, rerank
 
 
 def sym(n: int, entries: dict[tuple[int, int], float]) -> np.ndarray:

@@ -8,12 +8,12 @@ import pytest
 from PIL import Image
 
 from matcher.errors import DataError
-from matcher.scenarios import (
+from matcher.challenge.scenarios import (
     SCENARIO_TYPES,
     SPECS,
     build_scenarios,
     dev_set_size,
-    load_catalogue,
+    read_labelled_catalogue,
     main,
     make_dev_set,
 )
@@ -145,7 +145,7 @@ def test_same_seed_same_output(catalogue_dir, dev, tmp_path):
 
 def test_missing_catalogue_is_a_clear_error(tmp_path, capsys):
     with pytest.raises(DataError, match="catalogue folder not found"):
-        load_catalogue(tmp_path / "absent")
+        read_labelled_catalogue(tmp_path / "absent")
     code = main(["--catalogue", str(tmp_path / "absent"), "--out", str(tmp_path / "o"),
                  "--labels", str(tmp_path / "l.csv")])
     err = capsys.readouterr().err
@@ -155,7 +155,7 @@ def test_missing_catalogue_is_a_clear_error(tmp_path, capsys):
 def test_missing_columns_name_the_file(tmp_path, capsys):
     pd.DataFrame({"image_id": ["a"], "path": ["images/a.jpg"]}).to_csv(tmp_path / "metadata.csv", index=False)
     with pytest.raises(DataError, match=r"metadata\.csv: missing column\(s\) height"):
-        load_catalogue(tmp_path)
+        read_labelled_catalogue(tmp_path)
     code = main(["--catalogue", str(tmp_path), "--out", str(tmp_path / "o"), "--labels", str(tmp_path / "l.csv")])
     assert code == 2 and "whale_id" in capsys.readouterr().err
 
@@ -164,14 +164,14 @@ def test_real_catalogue_default_sizes():
     root = real_catalogue()
     if not (root / "metadata.csv").is_file():
         pytest.skip(f"beluga catalogue not found at {root}")
-    scenarios = build_scenarios(load_catalogue(root))
+    scenarios = build_scenarios(read_labelled_catalogue(root))
     images, pairs = dev_set_size(scenarios)
     assert {s.scenario_type for s in scenarios} == set(SCENARIO_TYPES)
     assert images <= 900 and pairs <= 30_000
 
 
 def test_oracle_submission_scores_one(dev, tmp_path):
-    from matcher.score import score_submission
+    from matcher.challenge.evaluate import score_submission
 
     out, labels_path, summary = dev
     labels = read(labels_path)

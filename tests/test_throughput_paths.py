@@ -14,12 +14,18 @@ import cv2
 import numpy as np
 import pytest
 
-from matcher import device as devices
-from matcher import features, images, matching, presets
+from matcher.io import device as devices
+from matcher import presets
+from matcher.features import extractors as features
+from matcher.io import images
+from matcher.io import weights
+from matcher.pairs import lightglue
+from matcher.pairs import mnn as matching
 from matcher.errors import WeightsError
-from matcher.extraction import FeatureStage
-from matcher.pair_cache import PairCache, canonical
-from matcher.pair_verifier import PairVerifier
+from matcher.features.stage import FeatureStage
+from matcher.features.store import feature_store
+from matcher.pairs.store import VerdictStore, canonical
+from matcher.pairs.verifier import PairVerifier
 
 from conftest import textured_image, warp_affine
 
@@ -44,21 +50,21 @@ def test_batched_concurrent_path_gives_the_one_pair_at_a_time_verdicts(tmp_path,
 
     # the engine's way: all images through the feature stage (DISK batches the equal-size images),
     # all pairs through the verifier in small work items on two threads, verdicts through the store
-    stage = FeatureStage(conf["extractor"], "cpu", tmp_path / "cache", progress=False)
+    stage = FeatureStage(conf["extractor"], "cpu", feature_store(tmp_path / "features", conf["extractor"]), progress=False)
     feats, bad = stage(sha_paths)
     assert not bad
     if conf["extractor"]["model"] == "disk":
         assert stage.extractor.batch_for((640, 224)) > 1  # the batched path is the one exercised
-    store = PairCache(tmp_path / "pairs.sqlite", presets.verdict_key(conf))
+    store = VerdictStore(tmp_path / "pairs.sqlite", presets.verdict_key(conf))
     verdicts = PairVerifier(conf, "cpu", store, workers=2, progress=False, item_pairs=2)(pairs, feats)
 
     # the straightforward way: each pair alone, each image decoded and extracted alone
     single_ex = features.build(conf["extractor"], "cpu", batch_size=1)
-    single = PairVerifier(conf, "cpu", PairCache(None, presets.verdict_key(conf)), workers=1, progress=False)
+    single = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)), workers=1, progress=False)
     related = 0
     for a, b in sorted(pairs):
-        fa = single_ex.extract([images.load(sha_paths[a])[0]])[0]
-        fb = single_ex.extract([images.load(sha_paths[b])[0]])[0]
+        fa = single_ex.extract([images.load(sha_paths[a])])[0]
+        fb = single_ex.extract([images.load(sha_paths[b])])[0]
         for k in fa:
             assert np.array_equal(fa[k], feats[a][k]) and np.array_equal(fb[k], feats[b][k])
         alone = single.verify_pair(fa, fb)
@@ -143,16 +149,16 @@ def test_pretrained_networks_load_with_kornia_0_9():
     """LightGlue's released weights carry unused ``log_assignment.*.r`` entries and ALIKED's lack a derived
     buffer; both load, and a wrong entry still fails."""
     try:
-        lg = matching.LightGlueMatcher(presets.resolve("disk-lightglue")["matcher"], "cpu")
+        lg = lightglue.LightGlueMatcher(presets.resolve("disk-lightglue")["matcher"], "cpu")
         features.build(presets.resolve("aliked-mnn")["extractor"], "cpu").model("cpu")
     except WeightsError as exc:
         pytest.skip(f"pretrained weights not installed: {exc}")
-    assert matching._unused_by_lightglue("log_assignment.3.r")
-    assert not matching._unused_by_lightglue("log_assignment.3.final_proj.weight")
+    assert lightglue._unused_by_lightglue("log_assignment.3.r")
+    assert not lightglue._unused_by_lightglue("log_assignment.3.final_proj.weight")
     state = lg.model.state_dict()
     state["surprise.weight"] = state["log_assignment.0.final_proj.weight"]
     with pytest.raises(RuntimeError, match="do not fit"):
-        features.load_weights_into(lg.model, state, "LightGlue", matching._unused_by_lightglue)
+        weights.load_weights_into(lg.model, state, "LightGlue", lightglue._unused_by_lightglue)
 
 
 def test_gpu_mode_pipeline_on_the_cpu_gives_the_one_pair_verdicts(tmp_path, monkeypatch):
@@ -160,7 +166,7 @@ def test_gpu_mode_pipeline_on_the_cpu_gives_the_one_pair_verdicts(tmp_path, monk
     when the bank would pass its share of the memory cap, RANSAC on the pool), run on the CPU in float32."""
     conf = presets.resolve("sift-mnn")
     sha_paths = _write_images(tmp_path, 3)
-    feats, _ = FeatureStage(conf["extractor"], "cpu", None, progress=False)(sha_paths)
+    feats, _ = FeatureStage(conf["extractor"], "cpu", feature_store(None, conf["extractor"]), progress=False)(sha_paths)
     pairs = {canonical(a, b) for a, b in itertools.combinations(sorted(sha_paths), 2)}
     one_image = max(matching.DescriptorBank.nbytes(feats, [s], "cuda") for s in feats)
     monkeypatch.setattr(devices, "memory_cap", lambda device: int(3 * one_image / matching.BANK_SHARE))
@@ -168,11 +174,11 @@ def test_gpu_mode_pipeline_on_the_cpu_gives_the_one_pair_verdicts(tmp_path, monk
                                        int(3 * one_image))
     assert len(blocks) > 1  # the bank is built block by block
 
-    verifier = PairVerifier(conf, "cpu", PairCache(None, presets.verdict_key(conf)), workers=2, progress=False,
+    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)), workers=2, progress=False,
                             item_pairs=2)
     verifier.batched_matching = True
     verdicts = verifier(pairs, feats)
-    single = PairVerifier(conf, "cpu", PairCache(None, presets.verdict_key(conf)), workers=1, progress=False)
+    single = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)), workers=1, progress=False)
     assert verdicts.keys() == pairs
     for a, b in pairs:
         alone = single.verify_pair(feats[a], feats[b])

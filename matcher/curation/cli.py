@@ -1,0 +1,387 @@
+"""``whalematch``: tools for curating a whale photo catalogue.
+
+    whalematch verify A.jpg B.jpg                 verdict of one pair and its match picture
+    whalematch verify --pairs pairs.csv           a CSV of verdicts (columns image_a,image_b) and a review page
+    whalematch search NEW.jpg --catalogue DIR     catalogue images (and whales) ranked for a new photo
+    whalematch audit --metadata metadata.csv      labels to check: isolated images, strong cross-whale pairs
+    whalematch calibrate --metadata metadata.csv  refit P(same whale) on a labelled catalogue
+
+Every command shares the engine's caches (``--cache-dir``, else $WHALEMATCH_CACHE_DIR,
+else ~/.cache/whalematch): features and pair verdicts are computed once per image and
+pair for given settings. ``whalematch COMMAND --help`` lists each command's options.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from .. import __version__, presets
+from ..config import default_cache_dir, env, env_value, setup_logging, workers
+from ..engine import Engine
+from ..errors import ConfigError, DataError, WhaleMatchError
+from ..io.catalogue import Photo, load_catalogue, read_photos
+from . import audit, calibrate, search, verify
+from . import calibration as calib
+from .curator import Curator, PairTask, mirror_side
+
+log = logging.getLogger("whalematch")
+DEFAULT_OUT = "whalematch-out"
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """The descriptions as written, and every option's default in its help."""
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def make_curator(args, calibration_file: Path | None) -> Curator:
+    """The engine of the options, and the calibration for its settings (``calibration_file``, else the preset's)."""
+    if args.prior is not None and not 0 < args.prior < 1:
+        raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
+    engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
+                    progress=not args.quiet)
+    cal, why = calib.for_preset(engine.conf, calibration_file)
+    if cal is None:
+        log.warning("%s; P(same whale) left blank, rankings use the raw score", why)
+    return Curator(engine, cal, args.prior)
+
+
+def fmt(v, spec=".3f") -> str:
+    """A number for printing; ``n/a`` when blank."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return "n/a"
+    return format(v, spec)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_verify(args) -> int:
+    """One pair: its verdict printed and its picture drawn (a batch with --pairs)."""
+    if args.pairs is not None:
+        if args.images:
+            raise WhaleMatchError("give either two images or --pairs CSV, not both")
+        return cmd_verify_batch(args)
+    if len(args.images) != 2:
+        raise WhaleMatchError("verify needs two images (A B), or --pairs CSV")
+    meta = read_photos(args.metadata) if args.metadata else None
+    a, b = (verify.resolve_photo(v, meta) for v in args.images)
+    cur = make_curator(args, args.calibration)
+    task = PairTask(a, b, mirror_side(a, b, args.mirror))
+    row = cur.verify([task])[0]
+    if row["error"]:
+        raise WhaleMatchError(row["error"])
+    picture = args.picture or args.out / cur.picture_name(task)
+    cur.draw(task, row, picture, args.outliers)
+    row["picture"] = str(picture)
+    if args.json:
+        print(json.dumps({**row, "settings": cur.engine.settings_key, "preset": args.preset}, indent=2))
+        return 0
+    print(f"A: {a.id}  ({a.path}{', ' + a.viewpoint if a.viewpoint else ''})")
+    print(f"B: {b.id}  ({b.path}{', ' + b.viewpoint if b.viewpoint else ''})")
+    if task.mirror:
+        side = a if task.mirror == "a" else b
+        why = "left versus right flank" if {a.viewpoint, b.viewpoint} == {"left", "right"} else "--mirror"
+        print(f"mirrored: {side.id} was flipped horizontally before matching ({why}); the picture shows it unflipped")
+    else:
+        print("mirrored: no")
+    print(f"matches: {row['n_matches']} tentative, {row['n_inliers']} inliers")
+    print(f"strength {row['strength']:.2f}   score {row['score']:.3f}   P(same whale) {fmt(row['probability'], '.3f')}")
+    print(f"verdict: {row['verdict']}" + (f"  ({row['note']})" if row["note"] else ""))
+    for line in cur.describe():
+        print(f"settings: {line}")
+    print(f"picture: {picture}")
+    return 0
+
+
+def cmd_verify_batch(args) -> int:
+    """A CSV of pairs: results CSV, pictures of the best and a review page."""
+    meta = read_photos(args.metadata) if args.metadata else None
+    tasks = verify.read_pairs(args.pairs, meta, args.mirror)
+    cur = make_curator(args, args.calibration)
+    print(f"{len(tasks)} pairs from {args.pairs}; {len({p.id for t in tasks for p in (t.a, t.b)})} images",
+          file=sys.stderr)
+    batch = verify.verify_batch(cur, tasks, args.pictures, args.out / "images", args.outliers)
+    csv_path = verify.write_results(batch, args.output or args.out / "results.csv")
+    page = verify.write_page(cur, batch, args.pairs, args.pictures, args.out / "report.html")
+    print(f"verified {len(batch.rows) - batch.errors} pairs"
+          + (f", {batch.likely_same(cur)} with P(same whale) >= 0.5" if cur.calibration is not None else ""))
+    print(f"results: {csv_path}\nreview page: {page}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    """A new photo against a catalogue: images and whales ranked, tables and page."""
+    catalogue = verify.apply_subset(load_catalogue(args.catalogue), args.subset)
+    query = verify.resolve_photo(args.image, None)
+    query = Photo(query.id, query.path, (args.viewpoint or "").lower())
+    cur = make_curator(args, args.calibration)
+    tasks = search.search_tasks(query, catalogue, args.mirror, args.all_views or not args.viewpoint)
+    if not tasks:
+        raise WhaleMatchError(f"no catalogue image to compare with (views: {args.viewpoint or 'any'})")
+    print(f"searching {len(tasks)} catalogue images for {query.id}; "
+          f"{cur.extraction_line([query] + [t.b for t in tasks])}", file=sys.stderr)
+    sys.stderr.flush()
+    result = search.search(cur, query, tasks, catalogue, args.top, args.out / "images", args.outliers)
+    tables = search.write_tables(result, args.out)
+    page = search.write_page(cur, result, search.summary_lines(cur, result, args.catalogue), args.top, args.out)
+    print(f"best catalogue images for {query.id}:")
+    for r in result.rows[: min(10, len(result.rows))]:
+        if r.get("error"):
+            break
+        print(f"  {r['rank']:>3}. {r['image_b']:<24} {r['whale_id']:<12} inliers {r['n_inliers']:>4}  "
+              f"score {r['score']:.3f}  P {fmt(r['probability'], '.2f')}  {r['note']}")
+    if result.whales:
+        print("best whales:")
+        for w in result.whales[:5]:
+            print(f"  {w['rank']:>3}. {w['whale_id']:<12} via {w['best_image']:<24} score {w['score']:.3f}  "
+                  f"P {fmt(w['probability'], '.2f')}  ({w['images_verified']}/{w['images']} images verify)")
+    print(f"results: {', '.join(map(str, tables))}")
+    print(f"review page: {page}")
+    return 0
+
+
+def cmd_audit(args) -> int:
+    """A labelled catalogue: the pair counts, then isolated images and strong cross-whale pairs."""
+    meta = read_photos(args.metadata)
+    photos = verify.apply_subset(list(meta.values()), args.subset)
+    if args.whales:
+        keep = {w.strip() for w in args.whales.split(",") if w.strip()}
+        photos = [p for p in photos if p.whale_id in keep]
+    if not photos:
+        raise DataError(f"{args.metadata}: no images to audit")
+    plan = audit.plan_audit(photos, args.scope, None if args.no_cross else args.limit, args.seed)
+    cross = [] if args.no_cross else plan.cross
+    cur = make_curator(args, args.calibration)
+    print(f"audit of {plan.photos} images of {plan.whales} whales ({args.metadata})")
+    print(f"  {cur.extraction_line(photos)}")
+    print(f"  (a) {len(plan.within)} same-whale pairs; {plan.singletons} images have no other comparable image "
+          "of their whale and cannot be checked")
+    scope = {"all": "", "same-year": " taken in the same year", "same-date": " taken on the same date"}[args.scope]
+    if args.no_cross:
+        print(f"  (b) skipped (--no-cross); {plan.cross_total} cross-whale pairs{scope} exist")
+    else:
+        sampled = f", a sample of {len(cross)} (--limit, seed {args.seed})" if len(cross) < plan.cross_total else ""
+        print(f"  (b) {plan.cross_total} cross-whale pairs of comparable views{scope}{sampled}")
+    print(f"  {len(plan.within) + len(cross)} pairs to verify (the pair cache holds {cur.engine.stored_verdicts()} "
+          "verdicts for these settings; those are not verified again)")
+    sys.stdout.flush()
+    if args.dry_run:
+        return 0
+    t0 = time.perf_counter()
+    found = audit.audit(cur, meta, plan.within, cross, args.isolated_below, args.strong_above, args.pictures,
+                        args.out / "images", args.outliers)
+    iso_csv, sus_csv = audit.write_tables(found, args.out)
+    summary = audit.summary_lines(cur, plan, found, args.metadata, args.isolated_below, args.strong_above)
+    page = audit.write_page(found, summary, args.out)
+    print(f"verified in {time.perf_counter() - t0:.0f} s")
+    print(f"(a) {len(found.isolated)} images verify against no other image of their whale:")
+    for d in found.isolated[:10]:
+        print(f"  {d['rank']:>3}. {d['image_id']:<16} {d['whale_id']:<12} best {d['best_partner']:<16} "
+              f"inliers {d['best_inliers']:>4}  P {fmt(d['best_probability'], '.2f')}  score {d['best_score']:.3f}")
+    print(f"(b) {len(found.strong)} cross-whale pairs verify strongly:")
+    for d in found.strong[:10]:
+        print(f"  {d['rank']:>3}. {d['image_a']} ({d['whale_a']}) ~ {d['image_b']} ({d['whale_b']})  "
+              f"inliers {d['n_inliers']}  P {fmt(d['probability'], '.2f')}  score {d['score']:.3f}  {d['kind']}")
+    print(f"results: {iso_csv}, {sus_csv}\nreview page: {page}")
+    return 0
+
+
+def ci(h: dict, name: str) -> str:
+    """The 90% bootstrap interval of a held-out measure, when there is one."""
+    lo_hi = h.get(f"{name}_ci90")
+    return f" (90% interval {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else ""
+
+
+def cmd_calibrate(args, argv: list[str]) -> int:
+    """Fit P(same whale) on a labelled catalogue and report its held-out error."""
+    meta = read_photos(args.metadata)
+    photos = verify.apply_subset([p for p in meta.values() if p.whale_id], args.subset)
+    calibrate.check_inputs(photos, args.metadata, args.heldout)
+    cur = make_curator(args, None)
+    sets = calibrate.sample_calibration_pairs(photos, args.seed, args.heldout, args.positives, args.max_images,
+                                              args.max_per_whale, args.negative_ratio)
+    for name in calibrate.SETS:
+        s = sets[name]
+        print(f"{name:>8}: {len(s['positives'])} same-whale + {len(s['negatives'])} different-whale pairs "
+              f"from {s['images']} images of {s['whales']} whales", file=sys.stderr)
+    print(cur.extraction_line(calibrate.photos_used(sets)), file=sys.stderr)
+    cal, results = calibrate.calibrate(cur, sets, args.seed, args.metadata, calibrate.portable_command(argv))
+    output = args.output or args.out / f"calibration-{cal.preset}.json"
+    pairs_csv = args.out / f"calibration-pairs-{cal.preset}.csv"
+    calibrate.save(cal, results, output, pairs_csv)
+    h = cal.heldout
+    print(f"calibration of {cal.preset} (settings {cal.settings_key}): isotonic fit on {cal.fit['pairs']} pairs "
+          f"({cal.fit['positives']} same whale, {cal.fit['negatives']} different) from {cal.fit['images']} images "
+          f"of {cal.fit['whales']} whales")
+    print(f"held-out ({h['pairs']} pairs: {h['positives']} same, {h['negatives']} different; {h['images']} images "
+          f"of {h['whales']} other whales): ECE {h['ece']:.4f}{ci(h, 'ece')}  Brier {h['brier']:.4f}{ci(h, 'brier')}  "
+          f"(raw score read as a probability: ECE {h['raw_score_ece']:.4f}, Brier {h['raw_score_brier']:.4f})")
+    print("reliability on the held-out pairs, classes weighed to even odds "
+          "(P bin, pairs, of which same whale, mean P, share same whale):")
+    for r in calibrate.heldout_reliability(cal, results):
+        print(f"  {r['bin']}  {r['pairs']:>5}  {r['same_whale_pairs']:>5}  {r['mean_p']:.3f}  {r['positive_rate']:.3f}")
+    print(f"wrote {output} (and the labelled pairs in {pairs_csv})")
+    return 0
+
+
+# --------------------------------------------------------------------------- options
+
+
+def common_options() -> argparse.ArgumentParser:
+    """The engine's options, shared by every command (defaults from $WHALEMATCH_<NAME>)."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("engine")
+    g.add_argument("--preset", default=env("PRESET", presets.DEFAULT_PIPELINE), choices=sorted(presets.PIPELINES),
+                   help="pipeline preset ($WHALEMATCH_PRESET)")
+    g.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
+                   help="feature and verdict caches ($WHALEMATCH_CACHE_DIR, else $XDG_CACHE_HOME/whalematch, "
+                        "else ~/.cache/whalematch)")
+    g.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
+    g.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu or cuda[:N] ($WHALEMATCH_DEVICE)")
+    g.add_argument("--workers", type=int, default=env_value("WORKERS", workers, None),
+                   help="CPU verification workers; None: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
+    g.add_argument("--calibration", type=Path, default=env("CALIBRATION"),
+                   help="calibration file; None: calibration-<preset>.json in $WHALEMATCH_WEIGHTS_DIR or weights/ "
+                        "($WHALEMATCH_CALIBRATION)")
+    g.add_argument("--prior", type=float, default=None,
+                   help="share of same-whale pairs to assume for P(same whale); None: the calibration's, even odds")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+    return p
+
+
+def out_options(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"folder for {what}")
+    p.add_argument("--outliers", choices=("faint", "hide"), default="faint",
+                   help="draw matches that failed verification as faint dots, or not at all")
+
+
+def verify_options(v: argparse.ArgumentParser) -> None:
+    v.add_argument("images", nargs="*", help="two image files (or image ids with --metadata)")
+    v.add_argument("--pairs", type=Path, help="CSV with columns image_a,image_b (paths, or ids with --metadata); "
+                                              "an optional column mirror (1/0)")
+    v.add_argument("--metadata", type=Path, help="metadata.csv (image_id,path[,viewpoint,...]) to name images by id "
+                                                 "and read their viewpoints")
+    v.add_argument("--mirror", action="store_true",
+                   help="match A against the horizontally mirrored B (a left versus a right flank); automatic, "
+                        "mirroring the right flank, when the metadata gives the viewpoints")
+    v.add_argument("--picture", type=Path, help="where to write the match picture of a single pair; None: in OUT")
+    v.add_argument("--pictures", type=int, default=100, help="batch: pictures for the best N pairs")
+    v.add_argument("--output", type=Path, help="batch: results CSV; None: OUT/results.csv")
+    v.add_argument("--json", action="store_true", help="single pair: print the result as JSON")
+    out_options(v, "pictures, results and the review page")
+
+
+def search_options(s: argparse.ArgumentParser) -> None:
+    s.add_argument("image", help="the new photo")
+    s.add_argument("--catalogue", type=Path, required=True,
+                   help="a folder of images, a folder with metadata.csv, or a metadata CSV")
+    s.add_argument("--viewpoint", choices=("top", "left", "right"),
+                   help="view of the new photo: compares only comparable catalogue views and mirrors the new photo "
+                        "for opposite flanks; None: compare every catalogue image")
+    s.add_argument("--mirror", action="store_true", help="match the mirrored new photo against every catalogue image")
+    s.add_argument("--all-views", action="store_true", help="with --viewpoint, still compare every catalogue image")
+    s.add_argument("--subset", type=Path, help="CSV with an image_id column: search only these catalogue images")
+    s.add_argument("--top", type=int, default=10, help="pictures for the best N images")
+    out_options(s, "pictures, results and the review page")
+
+
+def audit_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("--metadata", type=Path, required=True, help="metadata.csv with image_id,path,whale_id"
+                                                                "[,viewpoint,date,encounter_id]")
+    a.add_argument("--subset", type=Path, help="CSV with an image_id column: audit only these images")
+    a.add_argument("--scope", choices=audit.SCOPES, default="all",
+                   help="cross-whale pairs to consider: all, or only photos of the same year or date")
+    a.add_argument("--limit", type=int, default=None,
+                   help="verify a seeded random sample of N cross-whale pairs; None: all of them")
+    a.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
+    a.add_argument("--no-cross", action="store_true", help="skip (b)")
+    a.add_argument("--whales", help="comma-separated whale ids to audit; None: all")
+    a.add_argument("--isolated-below", type=float, default=0.5,
+                   help="(a) flag an image whose best same-whale P(same) (or score) is below this")
+    a.add_argument("--strong-above", type=float, default=0.9,
+                   help="(b) flag a cross-whale pair whose P(same) (or score) is at least this")
+    a.add_argument("--pictures", type=int, default=50, help="evidence pictures for the first N of each list")
+    a.add_argument("--dry-run", action="store_true", help="print the counts and stop")
+    out_options(a, "pictures, results and the review page")
+
+
+def calibrate_options(c: argparse.ArgumentParser) -> None:
+    c.add_argument("--metadata", type=Path, required=True, help="metadata.csv with image_id,path,whale_id")
+    c.add_argument("--subset", type=Path, help="CSV with an image_id column: use only these images")
+    c.add_argument("--positives", type=int, default=600, help="same-whale pairs in all")
+    c.add_argument("--negative-ratio", type=float, default=4.0,
+                   help="different-whale pairs per same-whale pair (the rare strong chance matches of different "
+                        "whales need many samples; the classes are weighed to even odds)")
+    c.add_argument("--max-images", type=int, default=800, help="images in all")
+    c.add_argument("--max-per-whale", type=int, default=8, help="same-whale pairs per whale")
+    c.add_argument("--heldout", type=float, default=0.3, help="share of whales held out")
+    c.add_argument("--seed", type=int, default=0, help="seed of the split by whale and of the pair sample")
+    c.add_argument("--output", type=Path, help="calibration file; None: OUT/calibration-<preset>.json")
+    c.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="folder for the labelled pairs CSV")
+
+
+COMMANDS = {
+    "verify": (verify_options, "verify one pair (A B) or a CSV of pairs (--pairs)",
+               "Verdict of a pair of photos, with a picture of the inlier correspondences; or, with --pairs, a CSV "
+               "of verdicts and a review page."),
+    "search": (search_options, "rank catalogue images and whales for a new photo",
+               "Rank the images of a catalogue (and its whales, when the metadata has whale_id) for a new photo, "
+               "with match pictures of the best candidates."),
+    "audit": (audit_options, "find possible mislabels in a labelled catalogue",
+              "(a) images that verify against no other image of their whale; (b) pairs labelled as different whales "
+              "that verify strongly. Prints the pair counts first."),
+    "calibrate": (calibrate_options, "fit P(same whale) on a labelled catalogue",
+                  "Fit the map from pair strength to P(same whale) on labelled pairs (isotonic), and report its "
+                  "calibration error (ECE, Brier) on pairs of held-out whales."),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``whalematch`` parser; :class:`ConfigError` naming a $WHALEMATCH_<NAME> that holds a bad value."""
+    common = common_options()
+    p = argparse.ArgumentParser(prog="whalematch", description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--version", action="version", version=f"whalematch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (add_options, summary, description) in COMMANDS.items():
+        add_options(sub.add_parser(name, parents=[common], help=summary, description=textwrap.fill(description, 79),
+                                   formatter_class=HelpFormatter))
+    return p
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        parser = build_parser()
+    except ConfigError as exc:
+        print(f"whalematch: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        if args.command == "verify":
+            return cmd_verify(args)
+        if args.command == "search":
+            return cmd_search(args)
+        if args.command == "audit":
+            return cmd_audit(args)
+        return cmd_calibrate(args, argv)
+    except WhaleMatchError as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,282 @@
+"""Pair verdicts for the curation tool: one result row per pair of photos, and its match picture.
+
+Everything runs on :class:`matcher.engine.Engine` through its public methods: features come
+from its feature stage (and cache), verdicts from its pair verifier (and verdict store), so
+a pair verified once by any command is never verified again with the same settings.
+
+Left and right flanks are mirror views of a whale, and the verifier refuses reflections.
+A left-versus-right pair is therefore matched against the horizontally mirrored photo of
+one side: the engine extracts its features from the flipped image and keeps them under
+:func:`~matcher.features.stage.mirror_key` of the image hash, and :meth:`Curator.correspondences`
+maps its keypoints back to the unflipped photo for drawing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ..engine import Engine
+from ..errors import ImageError
+from ..features.stage import mirror_key
+from ..io import images
+from ..io.catalogue import LATERAL, Photo, comparable
+from ..pairs.store import canonical
+from . import drawing
+from .calibration import Calibration
+
+log = logging.getLogger(__name__)
+
+RESULT_COLUMNS = [
+    "image_a", "image_b", "path_a", "path_b", "viewpoint_a", "viewpoint_b", "mirrored", "n_matches", "n_inliers",
+    "strength", "score", "probability", "verdict", "note", "error", "picture",
+]
+
+
+@dataclass(frozen=True)
+class PairTask:
+    a: Photo
+    b: Photo
+    mirror: str = ""  # "", "a" or "b": which photo is matched mirrored
+
+
+def mirror_side(a: Photo, b: Photo, flag: bool = False, prefer: str = "right") -> str:
+    """Which photo to mirror: for a left-versus-right pair the right flank (or ``a`` with
+    ``prefer="a"``); otherwise ``b`` when ``flag`` asks for it, else none."""
+    va, vb = a.viewpoint.lower(), b.viewpoint.lower()
+    if {va, vb} == set(LATERAL):
+        if prefer == "a":
+            return "a"
+        return "a" if va == "right" else "b"
+    return "b" if flag else ""
+
+
+def pair_task(a: Photo, b: Photo) -> PairTask:
+    """The pair as verified by the audit and the calibration: the right flank mirrored for left versus right."""
+    return PairTask(a, b, mirror_side(a, b))
+
+
+def safe_name(text: str, limit: int = 60) -> str:
+    """``text`` reduced to a file-name-safe stem of at most ``limit`` characters."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._")
+    return name[:limit] or "image"
+
+
+def verdict_label(probability: float | None, calibrated: bool) -> str:
+    """Words for a verdict: bands of P(same whale), or a pointer to the raw score without a calibration."""
+    if probability is None:
+        return ""
+    if not calibrated:
+        return "uncalibrated (see score)"
+    if probability >= 0.9:
+        return "same whale"
+    if probability >= 0.5:
+        return "probably same whale"
+    if probability >= 0.1:
+        return "probably different"
+    return "different / no match"
+
+
+@dataclass
+class Curator:
+    """Verify pairs of photos with one engine (and its caches) and an optional calibration."""
+
+    engine: Engine
+    calibration: Calibration | None = None
+    prior: float | None = None
+    shas: dict = field(default_factory=dict)  # photo id -> content hash
+    bad: dict = field(default_factory=dict)  # photo id -> why unusable
+    prepared: set = field(default_factory=set)  # content hashes whose features the engine holds
+
+    # -- features
+
+    def prepare(self, photos: list[Photo]) -> None:
+        """Hash the photos and make sure their features exist (from the cache or extracted)."""
+        self.hash_only(photos)
+        todo = {p.id: p.path for p in photos if p.id in self.shas and self.shas[p.id] not in self.prepared}
+        if not todo:
+            return
+        _, bad_sha = self.engine.features({self.shas[i]: path for i, path in sorted(todo.items())})
+        for i in todo:
+            if self.shas[i] in bad_sha:
+                self.bad[i] = bad_sha[self.shas.pop(i)]
+                log.warning("unusable image %s: %s", i, self.bad[i])
+            else:
+                self.prepared.add(self.shas[i])
+
+    def hash_only(self, photos: list[Photo]) -> None:
+        """Content hashes of the photos (unreadable ones recorded in ``bad``)."""
+        todo = {p.id: p.path for p in photos if p.id not in self.shas and p.id not in self.bad}
+        if todo:
+            shas, bad = self.engine.hash_images(todo)
+            self.shas.update(shas)
+            self.bad.update(bad)
+            for i, msg in sorted(bad.items()):
+                log.warning("unusable image %s: %s", i, msg)
+
+    def cached_features(self, photos: list[Photo]) -> int:
+        """How many of the (hashed) photos need no feature extraction."""
+        return sum(1 for p in photos if p.id in self.shas and self.engine.has_features(self.shas[p.id]))
+
+    def extraction_line(self, photos: list[Photo]) -> str:
+        """One line on the feature work ahead: images cached, images to extract (and how slow that is)."""
+        self.hash_only(photos)
+        cached = self.cached_features(photos)
+        todo = len(photos) - cached - sum(1 for p in photos if p.id in self.bad)
+        slow = self.engine.device == "cpu" and self.engine.conf["extractor"]["model"] != "sift"
+        return f"features: {cached} of {len(photos)} images cached, {todo} to extract" + \
+            (" (about 1 s per image on a CPU)" if slow and todo else "")
+
+    def prepare_mirrored(self, photos: list[Photo]) -> None:
+        """Features of the horizontally mirrored photos (cached like any other features)."""
+        todo = {self.shas[p.id]: p.path for p in photos if p.id in self.shas}
+        if todo:
+            self.engine.mirrored_features(todo)
+
+    def key(self, photo: Photo, mirrored: bool) -> str:
+        """The engine's key of a photo's features: its content hash, or the key of its mirror."""
+        sha = self.shas[photo.id]
+        return mirror_key(sha) if mirrored else sha
+
+    def keys(self, task: PairTask) -> tuple[str, str]:
+        return self.key(task.a, task.mirror == "a"), self.key(task.b, task.mirror == "b")
+
+    def decode(self, photo: Photo) -> np.ndarray:
+        """The photo's pixels as the feature stage sees them (same decoding)."""
+        sha = self.shas.get(photo.id)
+        if sha in self.prepared:
+            return self.engine.image(sha)
+        return images.load(photo.path)
+
+    # -- verdicts
+
+    def confidence(self, row: dict) -> float:
+        """What thresholds and rankings use: the calibrated probability, else the raw score."""
+        v = row.get("probability")
+        if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+            v = row.get("score")
+        return float(v) if v not in (None, "") else 0.0
+
+    def verify(self, tasks: list[PairTask]) -> list[dict]:
+        """A result row per task (see ``RESULT_COLUMNS``), verifying only pairs the cache lacks."""
+        photos = {p.id: p for t in tasks for p in (t.a, t.b)}
+        self.prepare(list(photos.values()))
+        self.prepare_mirrored([t.a for t in tasks if t.mirror == "a"] + [t.b for t in tasks if t.mirror == "b"])
+        pairs = {canonical(*self.keys(t)) for t in tasks if self._ok(t)}
+        verdicts = self.engine.verdicts(pairs) if pairs else {}
+        return [self._row(t, verdicts.get(canonical(*self.keys(t))) if self._ok(t) else None) for t in tasks]
+
+    def _ok(self, t: PairTask) -> bool:
+        return t.a.id in self.shas and t.b.id in self.shas
+
+    def _row(self, t: PairTask, v: dict | None) -> dict:
+        row = {
+            "image_a": t.a.id, "image_b": t.b.id, "path_a": str(t.a.path), "path_b": str(t.b.path),
+            "viewpoint_a": t.a.viewpoint, "viewpoint_b": t.b.viewpoint,
+            "mirrored": {"a": t.a.id, "b": t.b.id}.get(t.mirror, ""),
+            "n_matches": None, "n_inliers": None, "strength": None, "score": None, "probability": None,
+            "verdict": "", "note": "", "error": "", "picture": "",
+        }
+        if v is None:
+            row["error"] = "; ".join(self.bad[i] for i in (t.a.id, t.b.id) if i in self.bad) or "not verified"
+            row["verdict"] = "error"
+            return row
+        row.update(n_matches=int(v["n_matches"]), n_inliers=int(v["n_inliers"]),
+                   strength=round(float(v["strength"]), 4), score=round(float(v["score"]), 4))
+        if self.calibration is not None:
+            row["probability"] = round(float(self.calibration.probability(v["strength"], self.prior)), 4)
+        row["verdict"] = verdict_label(row["probability"] if self.calibration else row["score"],
+                                       self.calibration is not None)
+        notes = []
+        if self.shas[t.a.id] == self.shas[t.b.id]:
+            notes.append("identical files")
+        if t.mirror:
+            side = t.a if t.mirror == "a" else t.b
+            views = f"{t.a.viewpoint} vs {t.b.viewpoint}" if t.a.viewpoint and t.b.viewpoint else "--mirror"
+            notes.append(f"matched against the mirrored {side.id} ({views})")
+        if not comparable(t.a, t.b):
+            notes.append(f"different views ({t.a.viewpoint} vs {t.b.viewpoint})")
+        row["note"] = "; ".join(notes)
+        return row
+
+    def describe(self) -> list[str]:
+        """What the verdicts mean: the preset's stages, settings key, device, caches and calibration."""
+        engine = self.engine
+        conf, v = engine.conf, engine.conf["verifier"]
+        caches = engine.cache.describe()
+        lines = [
+            f"preset {conf['name']}: {conf['extractor']['name']} features, {conf['matcher']['name']} matching, "
+            f"{v['model']} model by MAGSAC++ (threshold {v['threshold']} px, at least {v['min_matches']} matches); "
+            f"score = s/(s+{v['score_scale']:g}) with s = inliers + mean inlier similarity",
+            f"settings key {engine.settings_key}; device {engine.device}; caches "
+            f"{caches if engine.cache.root else 'in ' + caches}",
+        ]
+        if self.calibration is not None:
+            prior = f"; P assumes {self.prior:.0%} same-whale pairs" if self.prior else \
+                "; P assumes even odds (as many same-whale as different-whale pairs)"
+            lines.append(f"calibration {self.calibration.describe()}{prior}")
+        else:
+            lines.append("no calibration for these settings: P(same whale) not available")
+        return lines
+
+    # -- pictures
+
+    def correspondences(self, task: PairTask) -> dict:
+        """The pair's tentative matches as points in each photo's own pixels (mirrored keypoints
+        mapped back), the inlier mask and the verdict."""
+        ka, kb = self.keys(task)
+        v = self.engine.verify_pair(ka, kb)
+        m = v["matches"]
+        fa, fb = self.engine.feature(ka), self.engine.feature(kb)
+        pa = fa["keypoints"][m[:, 0]].astype(np.float64) if len(m) else np.zeros((0, 2))
+        pb = fb["keypoints"][m[:, 1]].astype(np.float64) if len(m) else np.zeros((0, 2))
+        if task.mirror == "a":
+            pa[:, 0] = float(fa["size"][0]) - 1.0 - pa[:, 0]
+        if task.mirror == "b":
+            pb[:, 0] = float(fb["size"][0]) - 1.0 - pb[:, 0]
+        return {"pts_a": pa, "pts_b": pb, "inliers": np.asarray(v["inliers"], bool), "verdict": v,
+                "size_a": tuple(int(s) for s in fa["size"]), "size_b": tuple(int(s) for s in fb["size"])}
+
+    def draw(self, task: PairTask, row: dict, path: Path, outliers: str = "faint") -> Path:
+        """The pair's match picture, headed by its names and verdict, written to ``path``."""
+        c = self.correspondences(task)
+        img_a, img_b = self.decode(task.a), self.decode(task.b)
+
+        def to_pixels(pts, img, size):
+            scale = np.array([img.shape[1] / size[0], img.shape[0] / size[1]])
+            return (pts + 0.5) * scale - 0.5
+
+        pa, pb = to_pixels(c["pts_a"], img_a, c["size_a"]), to_pixels(c["pts_b"], img_b, c["size_b"])
+        v = c["verdict"]
+        a_lbl = Path(task.a.id).name + (" (mirrored to match)" if task.mirror == "a" else "")
+        b_lbl = Path(task.b.id).name + (" (mirrored to match)" if task.mirror == "b" else "")
+        prob = row.get("probability")
+        ptxt = f"P(same) {prob:.2f}" if isinstance(prob, (int, float)) else "P(same) n/a"
+        header = [
+            f"A: {a_lbl}   B: {b_lbl}",
+            f"{v['n_inliers']} inliers of {v['n_matches']} matches   score {v['score']:.3f}   {ptxt}"
+            f"   {row['verdict']}",
+        ]
+        pic = drawing.match_picture(img_a, img_b, pa, pb, c["inliers"], header, outliers)
+        return drawing.save(pic, path)
+
+    def picture_name(self, task: PairTask) -> str:
+        """A file name for the pair's picture: both stems and a digest of the pair."""
+        digest = hashlib.sha256(f"{task.a.id}\0{task.b.id}\0{task.mirror}".encode()).hexdigest()[:8]
+        return f"{safe_name(Path(task.a.id).stem, 40)}__{safe_name(Path(task.b.id).stem, 40)}-{digest}.jpg"
+
+    def draw_many(self, tasks_rows: list[tuple[PairTask, dict]], folder: Path, outliers: str = "faint") -> None:
+        """Draw each (task, row) with a verdict into ``folder``; sets ``row["picture"]``."""
+        todo = [(t, r) for t, r in tasks_rows if not r.get("error")]
+        for t, r in tqdm(todo, desc="drawing match pictures", unit="pic", disable=not self.engine.progress or not todo):
+            try:
+                r["picture"] = str(self.draw(t, r, Path(folder) / self.picture_name(t), outliers))
+            except ImageError as exc:
+                r["error"] = str(exc)

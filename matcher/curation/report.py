@@ -1,0 +1,234 @@
+"""Static HTML review page: one file plus its images folder, tables sortable by any column.
+
+The page needs no server and no network: open ``report.html`` in a browser. Each
+table row holds a candidate pair with its match picture (click it for the full
+size); clicking a column header sorts the rows by it (numbers largest first on
+the first click, then the other way). Also here: what every command's pages and
+tables share (:data:`PAIR_COLUMNS`, :func:`pictures_relative`, :func:`write_csv`).
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+
+from ..io.atomic import atomic_path
+
+
+@dataclass
+class Column:
+    key: str
+    label: str
+    kind: str = "text"  # text | num | int | prob | picture
+    title: str = ""  # tooltip explaining the column
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[Column]
+    rows: list[dict]
+    note: str = ""
+    table_id: str = ""
+    empty: str = "nothing to show"
+
+
+@dataclass
+class Report:
+    title: str
+    summary: list[str] = field(default_factory=list)  # lines of plain text
+    tables: list[Table] = field(default_factory=list)
+    lead_picture: str = ""  # e.g. the search's new photo (path relative to the page)
+    lead_caption: str = ""
+
+
+CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a;
+       margin: 0 auto; padding: 0 1.2rem 2rem; max-width: 1500px; background: #fafbfc; }
+h1 { font-size: 1.45rem; margin: 1.1rem 0 .4rem; }
+h2 { font-size: 1.15rem; margin: 1.6rem 0 .3rem; }
+p.note, ul.summary { color: #444; margin: .3rem 0 .8rem; }
+ul.summary { padding-left: 1.2rem; }
+figure.lead { margin: .5rem 0 1rem; }
+figure.lead img { max-height: 220px; max-width: 100%; border: 1px solid #ccc; }
+table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 0 0 1px #dde1e6; }
+th, td { padding: .35rem .5rem; border-bottom: 1px solid #e3e6ea; text-align: left; vertical-align: middle; }
+thead th { position: sticky; top: 0; background: #eef1f4; z-index: 1; }
+th.sortable { cursor: pointer; user-select: none; }
+th.sortable:hover { background: #dde3ea; }
+th.sortable::after { content: " \\2195"; color: #999; }
+th[aria-sort="descending"]::after { content: " \\25BC"; color: #1d232a; }
+th[aria-sort="ascending"]::after { content: " \\25B2"; color: #1d232a; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.picture img { display: block; max-width: 36vw; max-height: 260px; width: auto; height: auto; border-radius: 2px; }
+div.scroll { overflow-x: auto; }
+td.picture a:hover img { outline: 2px solid #2b6cb0; }
+td.text { white-space: nowrap; }
+td.long { white-space: normal; overflow-wrap: anywhere; min-width: 10em; }
+tr:hover td { background: #f6f8fa; }
+.hi { color: #0a6b2a; font-weight: 600; }
+.mid { color: #8a5a00; font-weight: 600; }
+.lo { color: #8b1a1a; }
+.none { color: #999; }
+"""
+
+SCRIPT = """
+(function () {
+  function value(row, index, numeric) {
+    var cell = row.cells[index];
+    var v = cell ? cell.getAttribute('data-value') : null;
+    if (v === null) { v = cell ? cell.textContent.trim() : ''; }
+    if (!numeric) { return v.toLowerCase(); }
+    var f = parseFloat(v);
+    return isNaN(f) ? null : f;
+  }
+  document.querySelectorAll('table.sortable').forEach(function (table) {
+    var headers = table.querySelectorAll('th.sortable');
+    headers.forEach(function (th) {
+      th.addEventListener('click', function () {
+        var numeric = th.getAttribute('data-type') === 'num';
+        var current = th.getAttribute('aria-sort');
+        var dir = current ? (current === 'descending' ? 'ascending' : 'descending')
+                          : (numeric ? 'descending' : 'ascending');
+        var sign = dir === 'ascending' ? 1 : -1;
+        var index = th.cellIndex;
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var x = value(a, index, numeric), y = value(b, index, numeric);
+          if (x === y) { return 0; }
+          if (x === null) { return 1; }   // blanks last either way
+          if (y === null) { return -1; }
+          return x < y ? -sign : sign;
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+        headers.forEach(function (h) { h.removeAttribute('aria-sort'); });
+        th.setAttribute('aria-sort', dir);
+      });
+    });
+  });
+})();
+"""
+
+
+def _esc(v) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _is_blank(v) -> bool:
+    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
+
+
+def _cell(col: Column, v) -> str:
+    if col.kind == "picture":
+        if _is_blank(v):
+            return '<td class="picture none">no picture</td>'
+        src = _esc(v)
+        return (f'<td class="picture"><a href="{src}" target="_blank">'
+                f'<img src="{src}" alt="match picture" loading="lazy"></a></td>')
+    if col.kind in ("num", "int", "prob"):
+        if _is_blank(v):
+            return '<td class="num none" data-value="">&ndash;</td>'
+        f = float(v)
+        text = f"{int(round(f))}" if col.kind == "int" else (f"{f:.2f}" if col.kind == "prob" else f"{f:.3f}")
+        cls = "num"
+        if col.kind == "prob":
+            cls += " hi" if f >= 0.9 else " mid" if f >= 0.5 else " lo"
+        return f'<td class="{cls}" data-value="{f!r}">{text}</td>'
+    text = "" if _is_blank(v) else str(v)
+    return f'<td class="{"long" if len(text) > 24 else "text"}">{_esc(text)}</td>'
+
+
+def _table(t: Table, n: int) -> str:
+    tid = t.table_id or f"table{n}"
+    out = [f'<section id="{_esc(tid)}-section"><h2>{_esc(t.title)}</h2>']
+    if t.note:
+        out.append(f'<p class="note">{_esc(t.note)}</p>')
+    if not t.rows:
+        out.append(f'<p class="note"><em>{_esc(t.empty)}</em></p></section>')
+        return "\n".join(out)
+    # columns blank in every row (no notes, no errors) are left out
+    columns = [c for c in t.columns if c.kind == "picture" or any(not _is_blank(r.get(c.key)) for r in t.rows)]
+    out.append(f'<div class="scroll"><table class="sortable" id="{_esc(tid)}"><thead><tr>')
+    for c in columns:
+        dtype = "num" if c.kind in ("num", "int", "prob") else "text"
+        if c.kind == "picture":
+            out.append(f'<th data-key="{_esc(c.key)}" title="{_esc(c.title)}">{_esc(c.label)}</th>')
+        else:
+            out.append(f'<th class="sortable" data-type="{dtype}" data-key="{_esc(c.key)}" '
+                       f'title="{_esc(c.title or "click to sort")}">{_esc(c.label)}</th>')
+    out.append("</tr></thead><tbody>")
+    for row in t.rows:
+        out.append("<tr>" + "".join(_cell(c, row.get(c.key)) for c in columns) + "</tr>")
+    out.append("</tbody></table></div></section>")
+    return "\n".join(out)
+
+
+def render(report: Report) -> str:
+    parts = [
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{_esc(report.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{_esc(report.title)}</h1>",
+    ]
+    if report.summary:
+        parts.append('<ul class="summary">' + "".join(f"<li>{_esc(s)}</li>" for s in report.summary) + "</ul>")
+    if report.lead_picture:
+        parts.append(f'<figure class="lead"><img src="{_esc(report.lead_picture)}" alt="{_esc(report.lead_caption)}">'
+                     f"<figcaption>{_esc(report.lead_caption)}</figcaption></figure>")
+    for n, t in enumerate(report.tables, 1):
+        parts.append(_table(t, n))
+    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def relative(path: Path, page: Path) -> str:
+    """``path`` as a URL relative to the page's folder (forward slashes)."""
+    rel = Path(os.path.relpath(Path(path).resolve(), Path(page).resolve().parent)).as_posix()
+    return quote(rel, safe="/")
+
+
+def write(report: Report, path: Path) -> Path:
+    path = Path(path)
+    with atomic_path(path, suffix=".html") as tmp:
+        tmp.write_text(render(report), encoding="utf-8")
+    return path
+
+
+def write_csv(df: pd.DataFrame, path: Path) -> Path:
+    """Write a results table atomically (a reader never sees half a file)."""
+    with atomic_path(path, suffix=".csv") as tmp:
+        df.to_csv(tmp, index=False)
+    return path
+
+
+def pictures_relative(rows: list[dict], page: Path, key: str = "picture") -> list[dict]:
+    """Copies of the rows with their picture paths made relative to the page."""
+    out = []
+    for r in rows:
+        r = dict(r)
+        if r.get(key):
+            r[key] = relative(Path(r[key]), page)
+        out.append(r)
+    return out
+
+
+PAIR_COLUMNS = [
+    Column("rank", "#", "int", "rank by P(same whale), else by score"),
+    Column("image_a", "image A"),
+    Column("image_b", "image B"),
+    Column("picture", "match picture (click for full size)", "picture"),
+    Column("n_inliers", "inliers", "int", "matches consistent with one affine map"),
+    Column("score", "score", "num", "engine score: s / (s + score_scale), s = inliers + mean inlier similarity"),
+    Column("probability", "P(same)", "prob", "calibrated probability of the same whale (even odds)"),
+    Column("verdict", "verdict"),
+    Column("note", "note"),
+]

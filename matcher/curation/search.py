@@ -1,0 +1,157 @@
+"""Search: a new photo against a catalogue, its images (and whales) ranked, the best drawn, tables and page written."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import WhaleMatchError
+from ..io.catalogue import Photo, comparable
+from . import drawing, report
+from .curator import RESULT_COLUMNS, Curator, PairTask, mirror_side
+
+CANDIDATE_COLUMNS = ["rank", "image_b", "whale_id"] + [c for c in RESULT_COLUMNS
+                                                       if c not in ("image_a", "path_a", "viewpoint_a")]
+
+
+def search_tasks(query: Photo, catalogue: list[Photo], mirror: bool = False, all_views: bool = False) -> list[PairTask]:
+    """The query against every catalogue image (but itself) of a comparable view (any view with ``all_views``);
+    the query is the photo mirrored for an opposite flank or with ``mirror``."""
+    tasks = []
+    for c in catalogue:
+        if c.id == query.id and c.path == query.path:
+            continue
+        if not all_views and not comparable(query, c):
+            continue
+        tasks.append(PairTask(query, c, mirror_side(query, c, mirror, prefer="a")))
+    return tasks
+
+
+def rank_rows(rows: list[dict], curator: Curator) -> list[dict]:
+    """Rows with a verdict, best first (confidence, strength, then ids), each given its rank."""
+    ok = [r for r in rows if not r.get("error")]
+    ok.sort(key=lambda r: (-curator.confidence(r), -(r["strength"] or 0.0), r["image_b"], r["image_a"]))
+    for i, r in enumerate(ok, 1):
+        r["rank"] = i
+    return ok + [r for r in rows if r.get("error")]
+
+
+def whale_ranking(rows: list[dict], whale_of: dict[str, str], curator: Curator, threshold: float = 0.5) -> list[dict]:
+    """Per whale: the best image's score (rows sorted best first), its image, and how many images verify."""
+    best: dict[str, dict] = {}
+    counts: Counter = Counter()
+    verified: Counter = Counter()
+    for r in rows:
+        if r.get("error"):
+            continue
+        w = whale_of.get(r["image_b"], "")
+        if not w:
+            continue
+        counts[w] += 1
+        if curator.confidence(r) >= threshold:
+            verified[w] += 1
+        if w not in best:
+            best[w] = r
+    out = []
+    for rank, (w, r) in enumerate(sorted(best.items(), key=lambda kv: (-curator.confidence(kv[1]),
+                                                                       -(kv[1]["strength"] or 0.0), kv[0])), 1):
+        out.append({"rank": rank, "whale_id": w, "best_image": r["image_b"], "probability": r["probability"],
+                    "score": r["score"], "n_inliers": r["n_inliers"], "images": counts[w],
+                    "images_verified": verified[w], "picture": r.get("picture", ""), "note": r.get("note", "")})
+    return out
+
+
+def pictured(rows: list[dict], whale_of: dict[str, str], top: int) -> list[dict]:
+    """The ranked rows that get a match picture: the best ``top`` images, and the best image of each of the
+    best ``top`` whales."""
+    ok = [r for r in rows if not r.get("error")]
+    chosen = ok[: max(0, top)]
+    if whale_of and top > 0:
+        best_of: dict[str, dict] = {}
+        for r in ok:
+            best_of.setdefault(whale_of.get(r["image_b"], ""), r)
+        chosen += [r for w, r in list(best_of.items())[:top] if w and r not in chosen]
+    return chosen
+
+
+@dataclass
+class SearchResult:
+    query: Photo
+    tasks: list[PairTask]
+    rows: list[dict]  # ranked candidates (see CANDIDATE_COLUMNS), errors last
+    whales: list[dict]  # see whale_ranking; empty without whale ids
+    whale_of: dict[str, str]
+
+    @property
+    def identical(self) -> list[str]:
+        """Catalogue images that are the very file of the query."""
+        return [r["image_b"] for r in self.rows if not r.get("error") and "identical files" in r["note"]]
+
+
+def search(cur: Curator, query: Photo, tasks: list[PairTask], catalogue: list[Photo], top: int, images_dir: Path,
+           outliers: str = "faint") -> SearchResult:
+    """Verify the tasks, rank images and whales, and draw the pictures of :func:`pictured` into ``images_dir``."""
+    rows = rank_rows(cur.verify(tasks), cur)
+    by_id = {t.b.id: t for t in tasks}
+    whale_of = {p.id: p.whale_id for p in catalogue if p.whale_id}
+    cur.draw_many([(by_id[r["image_b"]], r) for r in pictured(rows, whale_of, top)], images_dir, outliers)
+    whales = whale_ranking(rows, whale_of, cur) if whale_of else []
+    for r in rows:
+        r["whale_id"] = whale_of.get(r["image_b"], "")
+    return SearchResult(query, tasks, rows, whales, whale_of)
+
+
+def write_tables(result: SearchResult, out: Path) -> list[Path]:
+    """``candidates.csv`` and, with whale ids, ``whales.csv``; the files written."""
+    paths = [report.write_csv(pd.DataFrame(result.rows).reindex(columns=CANDIDATE_COLUMNS), out / "candidates.csv")]
+    if result.whales:
+        paths.append(report.write_csv(pd.DataFrame(result.whales).drop(columns=["picture"]), out / "whales.csv"))
+    return paths
+
+
+def summary_lines(cur: Curator, result: SearchResult, catalogue_source: Path) -> list[str]:
+    """The page's summary: what was searched, duplicates of the query, the base rate to assume, the settings."""
+    n_whales = len(set(result.whale_of.values()))
+    prior_hint = ([f"P(same) is at even odds; for a new photo among {n_whales} whales, --prior {1 / n_whales:.3g} "
+                   "is the more realistic base rate"] if cur.calibration is not None and cur.prior is None
+                  and n_whales > 1 else [])
+    identical = result.identical
+    return [f"new photo {result.query.path}; {len(result.tasks)} catalogue images from {catalogue_source}",
+            *([f"the new photo is already in the catalogue as {', '.join(identical)} (identical file)"]
+              if identical else []),
+            *prior_hint,
+            *cur.describe()]
+
+
+def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int, out: Path) -> Path:
+    """``report.html`` with the new photo, the whales and the catalogue images (with their pictures)."""
+    page = out / "report.html"
+    query_pic = out / "images" / "query.jpg"
+    try:
+        drawing.save(cur.decode(result.query), query_pic)
+    except WhaleMatchError as exc:
+        raise WhaleMatchError(f"new photo unusable: {exc}") from None
+    rows, whales = result.rows, result.whales
+    tables = []
+    if whales:
+        tables.append(report.Table(
+            "Whales", [report.Column("rank", "#", "int"), report.Column("whale_id", "whale"),
+                       report.Column("best_image", "best image"),
+                       report.Column("picture", "best match picture", "picture"),
+                       report.Column("n_inliers", "inliers", "int"), report.Column("score", "score", "num"),
+                       report.Column("probability", "P(same)", "prob"),
+                       report.Column("images", "images compared", "int"),
+                       report.Column("images_verified", "images with P or score >= 0.5", "int")],
+            report.pictures_relative(whales[: max(top, 20)], page), table_id="whales",
+            note="each whale scored by its best-matching image"))
+    cand_cols = [c for c in report.PAIR_COLUMNS if c.key != "image_a"]
+    cand_cols.insert(2, report.Column("whale_id", "whale"))
+    tables.append(report.Table("Catalogue images", cand_cols, report.pictures_relative(rows[: max(top, 50)], page),
+                               table_id="candidates",
+                               note=f"best {min(len(rows), max(top, 50))} of {len(rows)}; pictures for the best "
+                                    f"{top} (and for each listed whale's best image)"))
+    return report.write(report.Report(f"whalematch: candidates for {Path(result.query.id).name}", summary, tables,
+                                      report.relative(query_pic, page), f"new photo: {result.query.id}"), page)

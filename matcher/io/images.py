@@ -1,0 +1,149 @@
+"""Decode an image file into a normalised RGB array, and hash its content.
+
+Pillow decodes every format a catalogue is likely to hold (JPEG, PNG, TIFF,
+grayscale, palette, CMYK, 16-bit) and reports truncated files; everything is
+turned into 8-bit RGB here so that the extractors see one kind of input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from ..errors import ImageError
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+MAX_PIXELS = 20_000 * 20_000  # refuse decompression bombs beyond this
+MIN_SIDE = 16  # pixels; smaller images hold no usable marks
+MAX_FILE_BYTES = 1 << 30  # an image file over 1 GiB is refused before it is read
+DECODE_MAX_SIDE = 4096  # large JPEGs decode at reduced scale; nothing finer survives an extractor's working size
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+def content_hash(data: bytes) -> str:
+    """SHA-256 of the file's bytes: the identity of an image in every cache."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's bytes; :class:`ImageError` naming it if it is absent, not a regular file or too large."""
+    path = Path(path)
+    try:
+        # O_NONBLOCK: opening a FIFO planted in the data folder must not hang the run.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+        with os.fdopen(fd, "rb") as fh:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise ImageError(f"{path}: not a regular file (a device, pipe or socket); refused")
+            if st.st_size > MAX_FILE_BYTES:
+                raise ImageError(f"{path}: {st.st_size:,} bytes is too large for an image file "
+                                 f"(at most {MAX_FILE_BYTES:,})")
+            return fh.read()
+    except FileNotFoundError:
+        raise ImageError(f"{path}: image file not found") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read image file ({exc.strerror or exc})") from None
+    except ValueError as exc:  # e.g. an embedded NUL byte in the name
+        raise ImageError(f"{path}: cannot read image file ({exc})") from None
+
+
+def _to_uint8(img: Image.Image) -> np.ndarray:
+    """8-bit RGB array from any Pillow mode."""
+    if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = np.percentile(arr, [0.5, 99.5]) if arr.size else (0.0, 1.0)
+        arr = np.clip((arr - lo) / max(hi - lo, 1e-9), 0, 1) * 255
+        arr = arr.astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if img.mode != "RGB":
+        if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+            img = img.convert("RGBA")
+            background = Image.new("RGBA", img.size, (0, 0, 0, 255))
+            img = Image.alpha_composite(background, img)
+        img = img.convert("RGB")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _shrink(img: Image.Image, max_side: int | None) -> Image.Image:
+    """Box-reduce by an integer factor so the longer side stays at least ``max_side`` (a no-op below 2x that).
+
+    JPEGs are already reduced while decoding (``draft``); this bounds the memory a
+    large PNG or TIFF holds once decoded. The result depends on the image alone.
+    """
+    if not max_side or max(img.size) <= 2 * max_side:
+        return img
+    if img.mode.startswith("I;16"):
+        img = img.convert("I")
+    elif img.mode in ("1", "P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    return img.reduce(max(img.size) // max_side)
+
+
+def decode(data: bytes, name: str | Path, max_side: int | None = None) -> np.ndarray:
+    """Decode image bytes to an (H, W, 3) uint8 RGB array.
+
+    ``max_side`` lets decoding skip resolution that will be thrown away: a JPEG
+    over twice that decodes at a reduced scale (a 10,000-pixel photo in a fraction
+    of the time), any other format is box-reduced right after decoding.
+    Raises :class:`ImageError` naming ``name`` for anything unusable.
+    """
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only; Pillow itself refuses over 2 x MAX_PIXELS
+        # Checked here, not through a warnings filter: decoding runs in threads, and warning filters are global.
+        if img.size[0] * img.size[1] > MAX_PIXELS:
+            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]}")
+        if max_side and img.format == "JPEG" and max(img.size) > 2 * max_side:
+            scale = max_side / max(img.size)
+            img.draft("RGB", (max(1, int(img.size[0] * scale)), max(1, int(img.size[1] * scale))))
+        img.load()
+        ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a large image without rotation
+        img = _shrink(img, max_side)
+        arr = _to_uint8(img)
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image file Pillow can read (unknown or corrupt format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(f"{name}: image too large to decode safely (over {MAX_PIXELS:,} pixels)") from None
+    except MemoryError:
+        raise ImageError(f"{name}: not enough memory to decode this image") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a malformed file can make any decoder step fail
+        raise ImageError(f"{name}: corrupt or unsupported image ({type(exc).__name__}: {exc})") from None
+    h, w = arr.shape[:2]
+    if min(h, w) < MIN_SIDE:
+        raise ImageError(f"{name}: image too small ({w}x{h} pixels; at least {MIN_SIDE} on each side needed)")
+    return arr
+
+
+def load(path: Path, max_side: int | None = DECODE_MAX_SIDE) -> np.ndarray:
+    """Read and decode one file as every stage sees it (large images reduced to ``max_side``)."""
+    return decode(read_bytes(path), path, max_side)
+
+
+def header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) as decoded (EXIF rotation applied), from the file header; ``None`` if unreadable."""
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
+                w, h = h, w
+            return w, h
+    except Exception:  # noqa: BLE001 - decoding reports the real error later
+        return None
+
+
+def working_size(width: int, height: int, target_area: int, max_upscale: float, multiple: int) -> tuple[int, int]:
+    """The size an extractor sees: about ``target_area`` pixels, sides a multiple of ``multiple``."""
+    scale = min((target_area / float(width * height)) ** 0.5, max_upscale)
+    m = max(1, multiple)
+    w = max(m, int(round(width * scale / m)) * m)
+    h = max(m, int(round(height * scale / m)) * m)
+    return w, h

@@ -1,0 +1,171 @@
+"""SQLite store of pair verdicts, keyed by the unordered image pair and the settings.
+
+A key is ``(sha_a, sha_b, settings)`` with ``sha_a <= sha_b`` (content hashes),
+so (a, b), (b, a), the same pair in two scenarios, or in a second run, is
+verified once. Writes go in transactions (a killed run keeps every committed
+batch and nothing of the one in flight). A database file that is not a valid
+SQLite store, or that turns out corrupt while in use, is moved aside (with its
+``-wal`` and ``-shm`` files) with a warning and started afresh; a store that
+cannot be opened or written (disk full, read-only, locked) is reported once and
+the run goes on with verdicts kept in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sqlite3
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS verdicts (
+    sha_a TEXT NOT NULL,
+    sha_b TEXT NOT NULL,
+    settings TEXT NOT NULL,
+    n_matches INTEGER NOT NULL,
+    n_inliers INTEGER NOT NULL,
+    strength REAL NOT NULL,
+    score REAL NOT NULL,
+    model TEXT,
+    PRIMARY KEY (sha_a, sha_b, settings)
+) WITHOUT ROWID;
+"""
+COLUMNS = ("n_matches", "n_inliers", "strength", "score", "model")
+INSERT = "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?)"
+
+
+def canonical(sha0: str, sha1: str) -> tuple[str, str]:
+    return (sha0, sha1) if sha0 <= sha1 else (sha1, sha0)
+
+
+def _verdict(row) -> dict:
+    v = dict(zip(COLUMNS, row))
+    v["model"] = json.loads(v["model"]) if v["model"] else None
+    if not (0.0 <= v["score"] <= 1.0) or v["n_inliers"] < 0 or v["n_inliers"] > v["n_matches"]:
+        raise ValueError(f"implausible verdict {v}")
+    return v
+
+
+class VerdictStore:
+    """Verdict store. ``path=None`` keeps verdicts in memory only."""
+
+    def __init__(self, path: Path | None, settings: str):
+        self.settings = settings
+        self.path = Path(path) if path else None
+        self.on_disk = False
+        self.conn = self._open()
+
+    # -- opening, and what to do when the file is bad
+
+    def _memory(self) -> sqlite3.Connection:
+        self.on_disk = False
+        return self._init(sqlite3.connect(":memory:", check_same_thread=False))
+
+    def _open(self) -> sqlite3.Connection:
+        if self.path is None:
+            return self._memory()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._init(sqlite3.connect(self.path, timeout=60, check_same_thread=False))
+            self.on_disk = True
+            return conn
+        except sqlite3.DatabaseError as exc:
+            if _is_io_problem(exc):
+                log.warning("pair cache %s cannot be opened (%s); keeping verdicts in memory only", self.path, exc)
+                return self._memory()
+            return self._restart(exc)
+        except OSError as exc:
+            log.warning("pair cache %s cannot be opened (%s); keeping verdicts in memory only", self.path, exc)
+            return self._memory()
+
+    def _restart(self, exc: Exception) -> sqlite3.Connection:
+        """Move a corrupt store aside and start an empty one (in memory if even that fails)."""
+        aside = self.path.with_suffix(self.path.suffix + ".corrupt")
+        log.warning("pair cache %s is unreadable (%s); moving it to %s and starting afresh", self.path, exc, aside)
+        try:
+            if getattr(self, "conn", None) is not None:
+                self.conn.close()
+            for extra in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + extra)
+                if src.exists():
+                    src.replace(Path(str(aside) + extra))
+            conn = self._init(sqlite3.connect(self.path, timeout=60, check_same_thread=False))
+            self.on_disk = True
+            return conn
+        except (OSError, sqlite3.Error) as exc2:
+            log.warning("cannot start pair cache %s afresh (%s); keeping verdicts in memory only", self.path, exc2)
+            return self._memory()
+
+    @staticmethod
+    def _init(conn: sqlite3.Connection) -> sqlite3.Connection:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(SCHEMA)
+            conn.execute("SELECT count(*) FROM verdicts").fetchone()
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    # -- reading and writing
+
+    def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
+        """Stored verdicts of the given canonical pairs (missing ones are absent)."""
+        found: dict[tuple[str, str], dict] = {}
+        try:
+            cur = self.conn.cursor()
+            for a, b in pairs:
+                row = cur.execute(
+                    "SELECT n_matches, n_inliers, strength, score, model FROM verdicts "
+                    "WHERE sha_a=? AND sha_b=? AND settings=?",
+                    (a, b, self.settings),
+                ).fetchone()
+                if row is not None:
+                    found[(a, b)] = _verdict(row)
+        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
+            if isinstance(exc, sqlite3.DatabaseError) and _is_io_problem(exc):
+                log.warning("cannot read pair cache %s (%s); verifying the pairs again", self.path, exc)
+            elif self.path is not None:
+                self.conn = self._restart(exc)
+            return {}
+        return found
+
+    def put_many(self, verdicts: dict[tuple[str, str], dict]) -> None:
+        rows = [
+            (a, b, self.settings, v["n_matches"], v["n_inliers"], v["strength"], v["score"], json.dumps(v["model"]))
+            for (a, b), v in verdicts.items()
+        ]
+        try:
+            with self.conn:
+                self.conn.executemany(INSERT, rows)
+        except sqlite3.DatabaseError as exc:
+            log.warning("cannot write to pair cache %s (%s); continuing without caching verdicts", self.path, exc)
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+            self.conn = self._memory()
+            with self.conn:
+                self.conn.executemany(INSERT, rows)
+
+    def count(self) -> int:
+        """Verdicts stored for these settings (0, after moving it aside, if the store turns out corrupt)."""
+        try:
+            return self.conn.execute("SELECT count(*) FROM verdicts WHERE settings=?", (self.settings,)).fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            if _is_io_problem(exc) or self.path is None:
+                raise
+            self.conn = self._restart(exc)
+            return 0
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _is_io_problem(exc: sqlite3.DatabaseError) -> bool:
+    """A fault of the disk or of access (full, read-only, locked), not of the file's content."""
+    text = str(exc).lower()
+    return any(s in text for s in ("locked", "full", "readonly", "read-only", "unable to open", "disk i/o",
+                                   "permission", "busy"))
