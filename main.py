@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from matcher import config, presets  # noqa: E402
 from matcher.cascade import STAGE2_FACTORIES, CascadeSettings  # noqa: E402
 from matcher.cascade.ranking import STAGE2_MODES  # noqa: E402
+from matcher.cascade.scoring import PAIR_SCORES  # noqa: E402
 from matcher.challenge import layout, submission  # noqa: E402
 from matcher.challenge.run import run, submission_rows  # noqa: E402
 from matcher.engine import Engine  # noqa: E402
@@ -106,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["database", "none"],
                    help="database: also verify the pairs within each scenario's database and re-rank each query's "
                         "candidates with them; none: stage-1 scores only ($WHALEMATCH_RERANK)")
+    p.add_argument("--pair-score", default=value("PAIR_SCORE", lambda v: _choice(v, PAIR_SCORES), "strength"),
+                   choices=list(PAIR_SCORES),
+                   help="stage 1's pair score: strength (inliers and their similarity) or learned (the pair model: "
+                        "the verdict's evidence and the photos' dates and viewpoints) ($WHALEMATCH_PAIR_SCORE)")
+    p.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
+                   help="the learned pair model's file; default: weights/pair-model-PRESET.json "
+                        "($WHALEMATCH_PAIR_MODEL)")
     globals_ = ["auto", *sorted(presets.GLOBAL_DESCRIPTORS)]
     p.add_argument("--global-descriptor", default=value("GLOBAL_DESCRIPTOR", lambda v: _choice(v, globals_), "auto"),
                    choices=globals_, help="stage-0 global descriptor ($WHALEMATCH_GLOBAL_DESCRIPTOR)")
@@ -156,7 +164,8 @@ def main(argv=None) -> int:
                  engine.cache.describe(), "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
         settings = CascadeSettings(k1=args.k1, k2=args.k2, k2_max=args.k2_max, budget_s=args.time_budget,
                                    stage2=args.stage2, stage2_mode=args.stage2_mode,
-                                   global_descriptor=args.global_descriptor, rerank=args.rerank == "database")
+                                   global_descriptor=args.global_descriptor, rerank=args.rerank == "database",
+                                   pair_score=args.pair_score, pair_model=args.pair_model)
         result = run(challenge, engine, settings, deadline)
         sub, expected = submission_rows(challenge, result, settings.stage2_mode), challenge.expected()
         submission.write(sub, args.output, expected)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from . import presets
 from .io import weights
+from .pairs.store import VERDICT_SCHEMA
 
 PACKAGES = ("torch", "kornia")
 
@@ -52,7 +53,8 @@ def feature_key(conf: dict) -> str:
 def verdict_key(conf: dict) -> str:
     """Cache key of a pair verdict: the features, the matches and the geometric model."""
     name = "+".join(conf[stage]["name"] for stage in presets.STAGES)
-    return presets.settings_key(name, {"settings": presets.verdict_key(conf), **provenance(conf)})
+    return presets.settings_key(name, {"settings": presets.verdict_key(conf), "layout": VERDICT_SCHEMA,
+                                       **provenance(conf)})
 
 
 class CacheLayout:

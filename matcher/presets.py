@@ -27,6 +27,7 @@ EXTRACTORS: dict[str, dict] = {
         "weights": "depth",
         "max_keypoints": 1024,
         "extra_scales": [{"scale": 0.6, "max_keypoints": 512}],
+        "white_fill": None,  # e.g. {"threshold": 250, "margin": 0.02}: drop keypoints on the white fill
         "target_area": 640 * 224,
         "max_upscale": 2.0,
         "multiple": 16,
@@ -129,9 +130,19 @@ def default_stage2(conf: dict) -> str | None:
     return STAGE2_BY_PIPELINE.get(conf["name"])
 
 
+def _set_options(value):
+    """``value`` with every dict entry that is ``None`` left out, at any depth."""
+    if isinstance(value, dict):
+        return {k: _set_options(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_set_options(v) for v in value]
+    return value
+
+
 def settings_key(name: str, conf: dict) -> str:
-    """``name-<12 hex>``: a short, stable identifier of exactly these settings."""
-    blob = json.dumps(conf, sort_keys=True, separators=(",", ":"))
+    """``name-<12 hex>``: a short, stable identifier of exactly these settings. An option set to ``None``
+    (off) is left out, so adding an option that is off by default leaves every existing key as it was."""
+    blob = json.dumps(_set_options(conf), sort_keys=True, separators=(",", ":"))
     return f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 

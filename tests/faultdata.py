@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -269,10 +268,8 @@ def _arm(spec: str) -> None:
 
         def put_many(self, verdicts):
             if point == "pair-midtx" and nth():
-                rows = [(a, b, self.settings, v["n_matches"], v["n_inliers"], v["strength"], v["score"],
-                         json.dumps(v["model"])) for (a, b), v in verdicts.items()]
                 self.conn.execute("BEGIN")
-                self.conn.executemany(pair_store.INSERT, rows)
+                self.conn.executemany(pair_store.INSERT, self.rows(verdicts))
                 _die()
             real_put_many(self, verdicts)
             if point == "pair-commit" and nth():

@@ -165,7 +165,10 @@ def test_nothing_cut_and_no_stage_2_gives_the_verdict_scores(whales, tmp_path, w
         q = res.queries[qid]
         pos = {q.candidates[q.usable[p]]: p for p in range(len(q.usable))}
         verdict = [res.stage1[int(q.pair_codes[pos[d]])][0] for d in rows["database_image_id"]]
-        assert rows["score"].tolist() == pytest.approx(verdict)
+        # the verdict scores, on the written grid, lowered by a step where two would tie (at most 20 steps)
+        assert rows["score"].tolist() == pytest.approx(verdict, abs=20e-6)
+        positive = rows["score"].to_numpy()[rows["score"].to_numpy() > 0]
+        assert (np.diff(positive) <= -1e-6 + 1e-12).all()  # strictly decreasing as written, but for no evidence
 
 
 def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0):
@@ -238,7 +241,8 @@ def test_rerank_uses_the_pairs_within_each_scenarios_database(whales, tmp_path):
             w[cands.index(a), cands.index(b)] = w[cands.index(b), cands.index(a)] = verdicts[key]["score"]
         expected = np.maximum(direct, reranking.rerank(direct, w))
         assert q.rr == pytest.approx(expected)
-        assert rows["score"].tolist() == pytest.approx([expected[cands.index(d)] for d in rows["database_image_id"]])
+        assert rows["score"].tolist() == pytest.approx([expected[cands.index(d)] for d in rows["database_image_id"]],
+                                                       abs=20e-6)  # on the written grid, ties separated
         assert rows["score"].is_monotonic_decreasing
         lifted += int((expected > direct + 1e-9).sum())
     assert lifted >= len(res.queries)  # at least each query's weakened view was lifted by the database

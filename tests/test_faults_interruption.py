@@ -305,7 +305,8 @@ def test_damaged_pair_store_is_detected_in_use(tmp_path, caplog, how, first):
     from matcher.pairs.store import VerdictStore
 
     db = tmp_path / "pairs.sqlite"
-    verdict = {"n_matches": 9, "n_inliers": 7, "strength": 7.5, "score": 0.27, "model": [1.0, 0, 0, 0, 1.0, 0]}
+    verdict = {"n_matches": 9, "n_inliers": 7, "strength": 7.5, "score": 0.27, "model": [1.0, 0, 0, 0, 1.0, 0],
+               "evidence": {"n_inliers": 7.0, "hull_area_min": 0.125, "residual_mean": 0.5}}
     pairs = [(f"{i:064x}", f"{i + 1:064x}") for i in range(2000)]
     store = VerdictStore(db, "s")
     store.put_many({p: verdict for p in pairs})

@@ -1,14 +1,29 @@
-"""Hand-computed AP@20 values (arithmetic in the comments)."""
+"""Hand-computed AP@20 values (arithmetic in the comments), and the challenge's own rule (scikit-learn's
+average_precision_score over the submitted rows, ties as one group) on random submissions."""
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from matcher.challenge.metric import (
-    average_precision_at_k,
+    average_precision,
     mean_average_precision,
     recall_at_k,
     top1_accuracy,
 )
+
+
+def average_precision_at_k(ranked_ids, relevant_ids, k=20):
+    """AP of a ranking given as ids best first (strictly decreasing scores: no ties)."""
+    relevant = set(relevant_ids)
+    if not relevant:
+        raise ValueError("no relevant image")
+    ranked = list(ranked_ids)
+    seen, hits = set(), []
+    for i in ranked:
+        hits.append(i in relevant and i not in seen)
+        seen.add(i)
+    return average_precision(np.arange(len(ranked), 0, -1, dtype=float), hits, len(relevant), k)
 
 
 def submission(rows):
@@ -66,9 +81,9 @@ def test_empty_relevant_raises():
         average_precision_at_k(["a"], [])
 
 
-def test_ties_resolved_by_file_order():
-    # q1: a and x tie at 0.9; file order puts x first -> ranking x, a: hit at rank 2 -> 1/2
-    # q2: same tie but a comes first in the file -> ranking a, x: hit at rank 1 -> 1
+def test_tied_rows_form_one_group_whatever_the_file_order():
+    # q1: a and x tie at 0.9 (x first in the file), q2: the same tie with a first. Either way the group
+    # {a, x} is reached at once: precision 1/2 at its end -> AP 1/2 for both (not 1/2 and 1 by file order)
     sub = submission(
         [
             ("q1", "x", 0.9),
@@ -81,8 +96,32 @@ def test_ties_resolved_by_file_order():
     lab = labels([("q1", "a"), ("q2", "a")])
     mean, per_query = mean_average_precision(sub, lab)
     assert per_query["q1"] == pytest.approx(0.5)
-    assert per_query["q2"] == pytest.approx(1.0)
-    assert mean == pytest.approx(0.75)
+    assert per_query["q2"] == pytest.approx(0.5)
+    assert mean == pytest.approx(0.5)
+
+
+def test_two_hits_inside_a_tied_group():
+    # scores a 0.9, then b, x, c tied at 0.5; relevant a, b, c (3 in the database)
+    # groups: {a}: 1 hit, precision 1; {b, x, c}: 2 more hits, precision 3/4 -> (1 + 2 * 3/4) / 3 = 5/6
+    assert average_precision([0.9, 0.5, 0.5, 0.5], [True, True, False, True], 3) == pytest.approx(5 / 6)
+
+
+def test_matches_the_challenge_scorer_on_random_submissions_with_ties():
+    """The challenge's rule, literally: sklearn's average_precision_score over the rows, times
+    found / min(relevant, 20); half the rows tie with another within their query."""
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        n = int(rng.integers(1, 21))
+        scores = np.round(rng.random(n), 1) if rng.random() < 0.5 else rng.integers(0, 4, n) / 4
+        hits = rng.random(n) < 0.3
+        n_relevant = int(hits.sum() + rng.integers(0, 25))
+        if n_relevant == 0:
+            continue
+        expected = 0.0
+        if hits.any():
+            expected = sklearn_metrics.average_precision_score(hits, scores) * hits.sum() / min(n_relevant, 20)
+        assert average_precision(scores, hits, n_relevant) == pytest.approx(expected, abs=1e-12)
 
 
 def test_sorted_by_score_not_file_order():

@@ -9,17 +9,20 @@ from ..engine import Engine
 from ..timing import Deadline
 from .global_descriptors import GlobalStage
 from .scheduler import Cascade, CascadeResult, CascadeSettings
+from .scoring import make_scorer
 from .stages import EngineStage, build_stage2
 
 log = logging.getLogger(__name__)
 
 
 def run_cascade(engine: Engine, tasks: list[tuple[str, str, str, list[str]]], shas: dict[str, str],
-                settings: CascadeSettings | None = None, deadline: Deadline | None = None) -> CascadeResult:
+                settings: CascadeSettings | None = None, deadline: Deadline | None = None,
+                metadata: dict[str, dict] | None = None) -> CascadeResult:
     """Every query through the cascade; the result keeps each stage's scores (for benchmarks).
 
     ``tasks``: (query id, query image id, scenario id, database image ids) per query; ``shas``: the
-    content hash of every usable image id (:meth:`Engine.prepare`).
+    content hash of every usable image id (:meth:`Engine.prepare`); ``metadata``: per image id, what
+    the learned pair score reads (``date``, ``viewpoint``), where known.
     """
     settings = settings or CascadeSettings()
     if deadline is None:
@@ -27,8 +30,12 @@ def run_cascade(engine: Engine, tasks: list[tuple[str, str, str, list[str]]], sh
     stage2_name = presets.default_stage2(engine.conf) if settings.stage2 == "auto" else settings.stage2
     global_name = (presets.default_global(engine.conf) if settings.global_descriptor == "auto"
                    else settings.global_descriptor or "none")
+    by_sha = {}
+    for image_id, sha in sorted(shas.items()):  # an image file listed under two ids: the first id's metadata
+        by_sha.setdefault(sha, (metadata or {}).get(image_id))
+    scorer = make_scorer(settings.pair_score, engine, by_sha, settings.pair_model)
     cascade = Cascade(EngineStage(engine), build_stage2(engine, stage2_name), GlobalStage(global_name, engine),
-                      settings, deadline, engine.conf["verifier"]["score_scale"], engine.progress)
+                      settings, deadline, engine.conf["verifier"]["score_scale"], engine.progress, scorer)
     cascade.prepare(tasks, shas)
     cascade.run()
     result = cascade.result()

@@ -44,6 +44,7 @@ from . import rerank as reranking
 from .budget import Plan, plan_cascade
 from .queries import PairCodes, QueryState, build_queries, order_by_stage0
 from .ranking import final_ranking, stage1_order
+from .scoring import Scorer, verdict_scores
 from .stages import PairStage
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class CascadeSettings:
     stage2: str | None = "auto"  # stage-2 matcher: auto (the preset's default), none, or a registered name
     stage2_mode: str = "max"  # how stage 2's candidates are ordered (see ranking.final_ranking)
     global_descriptor: str = "auto"  # stage-0 descriptor: auto (the preset's default) or a preset name
+    pair_score: str = "strength"  # stage 1's pair score: strength (the verdict's) or learned (scoring.py)
+    pair_model: str | None = None  # the learned pair model's file (None: the preset's, from the weights folders)
     rerank: bool = False  # re-rank with every verified pair of each scenario's database
     rerank_weight: float = reranking.DEFAULT_WEIGHT
     round_min: int = 16  # candidate ranks per stage-1 round at least
@@ -101,8 +104,9 @@ class Cascade:
     """One run of the cascade over a set of queries (see the module docstring)."""
 
     def __init__(self, stage1: PairStage, stage2: PairStage | None, global_stage, settings: CascadeSettings,
-                 deadline: Deadline, scale: float, progress: bool = True):
+                 deadline: Deadline, scale: float, progress: bool = True, scorer: Scorer = verdict_scores):
         self.stage1 = stage1
+        self.scorer = scorer  # stage 1's pair score (stage 2 keeps its verdicts' own)
         self.stage2 = stage2
         self.global_stage = global_stage
         self.s = settings
@@ -255,9 +259,7 @@ class Cascade:
         before, t0 = stage.computed, self.deadline.clock()
         got = stage({self._decode(c) for c in todo}) if todo else {}
         rate.add(stage.computed - before, self.deadline.clock() - t0)
-        for c in todo:
-            v = got[self._decode(c)]
-            verdicts[c] = (float(v["score"]), float(v["strength"]))
+        self._record(stage, verdicts, todo, got)
         for q, hi in batch:
             setattr(q, done_attr, hi)
 
@@ -433,9 +435,17 @@ class Cascade:
         got = stage({self._decode(c) for c in todo})
         if rate is not None:
             rate.add(stage.computed - before, self.deadline.clock() - t0)
-        for c in todo:
-            v = got[self._decode(c)]
-            verdicts[c] = (float(v["score"]), float(v["strength"]))
+        self._record(stage, verdicts, todo, got)
+
+    def _record(self, stage: PairStage, verdicts: dict, codes: list[int], got: dict) -> None:
+        """Each pair's (score, strength): stage 1's score from :attr:`scorer`, stage 2's from its verdict."""
+        if not codes:
+            return
+        pairs = [self._decode(c) for c in codes]
+        found = [got[p] for p in pairs]
+        scores = (self.scorer if stage is self.stage1 else verdict_scores)(pairs, found)
+        for c, v, s in zip(codes, found, scores):
+            verdicts[c] = (float(s), float(v["strength"]))
 
     def result(self) -> CascadeResult:
         bands = (self.global_stage is not None and self.global_stage.enabled, self.stage2 is not None)

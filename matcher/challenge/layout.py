@@ -75,6 +75,12 @@ class ChallengeData:
             ids.update(sc.database)
         return ids
 
+    def photo_metadata(self) -> dict[str, dict]:
+        """Per image id, the metadata a pair model may read: ``date`` and ``viewpoint`` where the file has them."""
+        cols = [c for c in ("date", "viewpoint") if c in self.metadata.columns]
+        return {i: {c: v for c, v in zip(cols, row) if str(v).strip()}
+                for i, row in zip(self.metadata.index, self.metadata[cols].itertuples(index=False))}
+
     def query_tasks(self) -> list[tuple[str, str, str, list[str]]]:
         """(query id, query image id, scenario id, database ids) for every query, in file order."""
         return [(qid, qimg, sc.scenario_id, list(sc.database))

@@ -8,7 +8,7 @@ from ..cascade import CascadeResult, CascadeSettings, run_cascade
 from ..engine import Engine
 from ..timing import Deadline
 from .layout import ChallengeData
-from .submission import SUBMISSION_COLUMNS, TOP_K
+from .submission import SUBMISSION_COLUMNS, TOP_K, distinct_scores
 
 
 def run(data: ChallengeData, engine: Engine, settings: CascadeSettings | None = None,
@@ -19,13 +19,16 @@ def run(data: ChallengeData, engine: Engine, settings: CascadeSettings | None = 
         deadline = Deadline(settings.budget_s if settings.budget_s is not None else float("inf"))
     paths, bad = data.image_paths(data.image_ids())
     shas, _ = engine.prepare(paths, bad, deadline if settings.budget_s is not None else None)
-    return run_cascade(engine, data.query_tasks(), shas, settings, deadline)
+    return run_cascade(engine, data.query_tasks(), shas, settings, deadline, data.photo_metadata())
 
 
 def submission_rows(data: ChallengeData, result: CascadeResult, mode: str = "max") -> pd.DataFrame:
-    """The submission: the top 20 of each query's final ranking, in file order."""
-    rows = [(qid, db_id, score) for qid, _, _, _ in data.query_tasks()
-            for db_id, score in result.ranking(qid, TOP_K, mode)]
+    """The submission: the top 20 of each query's final ranking, queries in file order, scores strictly
+    decreasing within a query (:func:`distinct_scores`)."""
+    rows = []
+    for qid, _, _, _ in data.query_tasks():
+        ranked = result.ranking(qid, TOP_K, mode)
+        rows += [(qid, db_id, score) for (db_id, _), score in zip(ranked, distinct_scores([s for _, s in ranked]))]
     return pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import WhaleMatchError
@@ -18,8 +19,31 @@ TOP_K = 20  # rows per query at most
 SUBMISSION_COLUMNS = ["query_id", "database_image_id", "score"]
 
 
+SCORE_DIGITS = 6  # decimals written for a score
+SCORE_STEP = 10 ** -SCORE_DIGITS
+
+
 class InvalidSubmission(WhaleMatchError):
     pass
+
+
+def distinct_scores(scores: list[float]) -> list[float]:
+    """Scores in ranking order (non-increasing), made strictly decreasing as written (on the grid of
+    ``SCORE_DIGITS`` decimals, in [0, 1]): where one ties with the one above it is lowered by the least that
+    separates them, and every positive score stays positive. The challenge's scorer treats equal scores as
+    one group; this keeps the ranking's own order for them. Rows without any evidence (score 0: unusable
+    images, ranked last) keep 0."""
+    units = [int(np.floor(min(1.0, max(0.0, float(s))) / SCORE_STEP + 1e-9)) for s in scores]
+    positive = sum(1 for s in scores if float(s) > 0)
+    out = []
+    for i, u in enumerate(units):
+        if i >= positive:
+            out.append(0)
+            continue
+        if out:
+            u = min(u, out[-1] - 1)
+        out.append(max(u, positive - i))
+    return [u * SCORE_STEP for u in out]
 
 
 def validate(sub: pd.DataFrame, expected: dict[str, tuple[str, set[str]]]) -> None:
@@ -70,7 +94,7 @@ def write(sub: pd.DataFrame, path: Path, expected: dict[str, tuple[str, set[str]
         raise InvalidSubmission(f"{path}: not written, the submission is invalid: {exc}") from None
     try:
         with atomic_path(path, suffix=".csv") as tmp:
-            sub.to_csv(tmp, index=False, float_format="%.6f")
+            sub.to_csv(tmp, index=False, float_format=f"%.{SCORE_DIGITS}f")
     except OSError as exc:
         raise WhaleMatchError(f"{path}: cannot write the submission ({exc.strerror or exc}); "
                               "any previous file there is unchanged") from None

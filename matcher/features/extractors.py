@@ -14,7 +14,8 @@ image's features are then the keypoints of every scale in one set, working
 size first, so a photo that frames the whale tighter than another (a zoomed
 crop of half the body against a whole body) still finds its scale. Only images
 of equal size share a batch, so a feature never depends on its batch-mates'
-content. On CUDA the batch size follows from the GPU memory cap (:mod:`matcher.io.device`)
+content. With ``white_fill`` set, keypoints on the organisers' white fill (and near it) are
+dropped (:mod:`matcher.features.white_fill`). On CUDA the batch size follows from the GPU memory cap (:mod:`matcher.io.device`)
 and the working area; a batch that still runs out of memory is split (and
 later batches of that size kept smaller), and a single image that does not
 fit falls back to the CPU. On the CPU, DISK batches hold up to 4 images (its
@@ -35,6 +36,7 @@ import numpy as np
 from ..io import device as devices
 from ..io import weights
 from ..io.images import working_size
+from . import white_fill
 
 log = logging.getLogger(__name__)
 MAX_GPU_BATCH = 64
@@ -118,7 +120,11 @@ class Extractor:
                 for (i, si), feats in zip(chunk, self._run_safely(resized, self.device, size, n)):
                     parts[i][si] = self._to_original(feats, images[i].shape, size)
                 start += len(chunk)
-        return [_concatenate(p) for p in parts]  # type: ignore[arg-type]
+        out = [_concatenate(p) for p in parts]  # type: ignore[arg-type]
+        if self.conf.get("white_fill"):
+            out = [_select(f, white_fill.keep_mask(img, f["keypoints"], self.conf["white_fill"]))
+                   for f, img in zip(out, images)]
+        return out
 
     def _run_safely(self, batch: list[np.ndarray], device: str, size: tuple[int, int] | None = None,
                     n: int | None = None) -> list[dict]:
@@ -157,6 +163,13 @@ class Extractor:
     def _run(self, batch: list[np.ndarray], device: str, n: int | None = None) -> list[dict]:
         """Features of a batch of equal-size images at their size; ``n``: keypoints kept (None: ``max_keypoints``)."""
         raise NotImplementedError
+
+
+def _select(feats: dict, keep: np.ndarray) -> dict:
+    """The features of the keypoints ``keep`` marks."""
+    if keep.all():
+        return feats
+    return {**{k: feats[k][keep] for k in ("keypoints", "descriptors", "scores")}, "size": feats["size"]}
 
 
 def _concatenate(parts: list[dict]) -> dict:

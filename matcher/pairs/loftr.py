@@ -47,6 +47,7 @@ from .. import presets
 from ..errors import WeightsError
 from ..io import weights
 from ..io.images import working_size
+from . import evidence
 from .ransac import verify as verify_matches
 
 log = logging.getLogger(__name__)
@@ -175,7 +176,12 @@ class LoFTRMatcher:
         vconf = verifier_conf or presets.VERIFIERS["affine"]
         k0, k1, conf = self.match_images(img0, img1, key0, key1)
         idx = np.arange(len(k0), dtype=np.int64)
-        return verify_matches(k0, k1, np.stack([idx, idx], axis=1), conf.astype(np.float32), vconf)
+        matches, sim = np.stack([idx, idx], axis=1), conf.astype(np.float32)
+        v = verify_matches(k0, k1, matches, sim, vconf)
+        f0 = {"keypoints": k0, "size": img0.shape[1::-1], "scores": sim}
+        f1 = {"keypoints": k1, "size": img1.shape[1::-1], "scores": sim}
+        v["evidence"] = evidence.describe(f0, f1, matches, sim, v["inliers"], v["model"], vconf["threshold"])
+        return v
 
     def clear_cache(self) -> None:
         self._cache.clear()

@@ -1,5 +1,9 @@
 """SQLite store of pair verdicts, keyed by the unordered image pair and the settings.
 
+A verdict is its counts, strength, score and fitted model, and its evidence (:mod:`matcher.pairs.evidence`)
+as JSON. The verdict's layout has a version (:data:`VERDICT_SCHEMA`) that is part of every settings key
+(:mod:`matcher.cache`), so entries of an older layout are never read as new ones: they are recomputed.
+
 A key is ``(sha_a, sha_b, settings)`` with ``sha_a <= sha_b`` (content hashes),
 so (a, b), (b, a), the same pair in two scenarios, or in a second run, is
 verified once. Writes go in transactions (a killed run keeps every committed
@@ -30,11 +34,14 @@ CREATE TABLE IF NOT EXISTS verdicts (
     strength REAL NOT NULL,
     score REAL NOT NULL,
     model TEXT,
+    evidence TEXT,
     PRIMARY KEY (sha_a, sha_b, settings)
 ) WITHOUT ROWID;
 """
-COLUMNS = ("n_matches", "n_inliers", "strength", "score", "model")
-INSERT = "INSERT OR REPLACE INTO verdicts VALUES (?,?,?,?,?,?,?,?)"
+VERDICT_SCHEMA = 2  # 2: with the evidence column
+COLUMNS = ("n_matches", "n_inliers", "strength", "score", "model", "evidence")
+INSERT = (f"INSERT OR REPLACE INTO verdicts ({', '.join(('sha_a', 'sha_b', 'settings', *COLUMNS))}) "
+          f"VALUES ({', '.join('?' * (3 + len(COLUMNS)))})")
 
 
 def canonical(sha0: str, sha1: str) -> tuple[str, str]:
@@ -44,6 +51,7 @@ def canonical(sha0: str, sha1: str) -> tuple[str, str]:
 def _verdict(row) -> dict:
     v = dict(zip(COLUMNS, row))
     v["model"] = json.loads(v["model"]) if v["model"] else None
+    v["evidence"] = json.loads(v["evidence"]) if v["evidence"] else {}
     if not (0.0 <= v["score"] <= 1.0) or v["n_inliers"] < 0 or v["n_inliers"] > v["n_matches"]:
         raise ValueError(f"implausible verdict {v}")
     return v
@@ -105,6 +113,10 @@ class VerdictStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(SCHEMA)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(verdicts)")}
+            if "evidence" not in columns:  # a store of the first layout: its entries stay, under their old keys
+                with conn:
+                    conn.execute("ALTER TABLE verdicts ADD COLUMN evidence TEXT")
             conn.execute("SELECT count(*) FROM verdicts").fetchone()
         except BaseException:
             conn.close()
@@ -120,7 +132,7 @@ class VerdictStore:
             cur = self.conn.cursor()
             for a, b in pairs:
                 row = cur.execute(
-                    "SELECT n_matches, n_inliers, strength, score, model FROM verdicts "
+                    f"SELECT {', '.join(COLUMNS)} FROM verdicts "
                     "WHERE sha_a=? AND sha_b=? AND settings=?",
                     (a, b, self.settings),
                 ).fetchone()
@@ -134,11 +146,13 @@ class VerdictStore:
             return {}
         return found
 
+    def rows(self, verdicts: dict[tuple[str, str], dict]) -> list[tuple]:
+        """The table rows of these verdicts (canonical pairs) for this store's settings."""
+        return [(a, b, self.settings, v["n_matches"], v["n_inliers"], v["strength"], v["score"],
+                 json.dumps(v["model"]), json.dumps(v.get("evidence") or {})) for (a, b), v in verdicts.items()]
+
     def put_many(self, verdicts: dict[tuple[str, str], dict]) -> None:
-        rows = [
-            (a, b, self.settings, v["n_matches"], v["n_inliers"], v["strength"], v["score"], json.dumps(v["model"]))
-            for (a, b), v in verdicts.items()
-        ]
+        rows = self.rows(verdicts)
         try:
             with self.conn:
                 self.conn.executemany(INSERT, rows)

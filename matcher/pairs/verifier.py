@@ -28,6 +28,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..io import device as devices
+from . import evidence
 from .lightglue import LightGlueMatcher
 from .mnn import BANK_SHARE, DescriptorBank, mutual_nn_batch
 from .ransac import verify
@@ -77,10 +78,17 @@ class PairVerifier:
             )
         return [self.lightglue.match(fa, fb) for fb in fbs]
 
+    def _verdict(self, fa: dict, fb: dict, m: np.ndarray, s: np.ndarray) -> dict:
+        """The verdict of one pair from its tentative matches, with its evidence (and the inlier mask)."""
+        vconf = self.conf["verifier"]
+        v = verify(fa["keypoints"], fb["keypoints"], m, s, vconf)
+        v["evidence"] = evidence.describe(fa, fb, m, s, v["inliers"], v["model"], vconf["threshold"])
+        return v
+
     def verify_pair(self, fa: dict, fb: dict, keep_inliers: bool = False) -> dict:
         """Verdict of one pair given in canonical order (the curation tool keeps the inlier mask)."""
         (m, s), = self.match(fa, [fb])
-        v = verify(fa["keypoints"], fb["keypoints"], m, s, self.conf["verifier"])
+        v = self._verdict(fa, fb, m, s)
         if keep_inliers:
             v["matches"] = m
         else:
@@ -94,7 +102,7 @@ class PairVerifier:
         fa = features[a]
         out = {}
         for b, (m, s) in zip(others, matches):
-            v = verify(fa["keypoints"], features[b]["keypoints"], m, s, self.conf["verifier"])
+            v = self._verdict(fa, features[b], m, s)
             v.pop("inliers")
             out[(a, b)] = v
         return out

@@ -1,0 +1,73 @@
+"""How the cascade turns stage 1's verdicts into the ranking's pair scores.
+
+``strength``: the verdict's own score, ``strength / (strength + score_scale)``. ``learned``: the
+learned pair model's P(same whale) (:mod:`matcher.pairs.model`) from the verdict's evidence and the
+two photos' metadata. Either way a score lies in [0, 1] and is used everywhere a pair is judged:
+the ranking, the re-ranking's edge weights and the score bands.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..engine import Engine
+from ..errors import WeightsError
+from ..io import weights
+from ..pairs.model import PairModel
+
+log = logging.getLogger(__name__)
+PAIR_SCORES = ("strength", "learned")
+
+Scorer = Callable[[list[tuple[str, str]], list[dict]], np.ndarray]
+
+
+def verdict_scores(pairs: list[tuple[str, str]], verdicts: list[dict]) -> np.ndarray:
+    """The verdicts' own scores."""
+    return np.array([float(v["score"]) for v in verdicts], np.float64)
+
+
+def model_file(preset: str) -> str:
+    return f"pair-model-{preset}.json"
+
+
+def load_model(engine: Engine, path: Path | None = None) -> PairModel:
+    """The pair model for the engine's verdict settings: ``path``, else ``pair-model-<preset>.json`` in the
+    weights folders; :class:`WeightsError` when absent or made for other settings."""
+    found = weights.locate(model_file(engine.name), [("as --pair-model", Path(path))] if path else [])
+    if found is None:
+        raise WeightsError(f"{model_file(engine.name)}: no pair model for preset {engine.name} in "
+                           f"{', '.join(str(d) for d in weights.project_dirs())} (make train-verifier builds one)")
+    model = PairModel.load(found)
+    if model.settings_key != engine.settings_key:
+        raise WeightsError(f"{found}: pair model trained for verdicts {model.settings_key}, not for "
+                           f"{engine.settings_key} ({engine.name}); retrain it (make train-verifier)")
+    return model
+
+
+class LearnedScorer:
+    """P(same whale) from the pair model, with each photo's metadata looked up by content hash."""
+
+    def __init__(self, model: PairModel, metadata: dict[str, dict] | None):
+        self.model = model
+        self.metadata = metadata or {}
+
+    def __call__(self, pairs: list[tuple[str, str]], verdicts: list[dict]) -> np.ndarray:
+        return self.model.scores(verdicts, [(self.metadata.get(a), self.metadata.get(b)) for a, b in pairs])
+
+
+def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = None,
+                model_path: Path | None = None) -> Scorer:
+    """The pair score ``name`` (:data:`PAIR_SCORES`); ``metadata``: per content hash, ``date`` and
+    ``viewpoint`` of the photo (what the learned model reads besides the verdict)."""
+    if name == "strength":
+        return verdict_scores
+    if name != "learned":
+        raise ValueError(f"unknown pair score {name!r}; choose one of {', '.join(PAIR_SCORES)}")
+    model = load_model(engine, model_path)
+    log.info("pair score: %s (%d features%s)", model.source, len(model.features),
+             ", metadata too" if model.uses_metadata else "")
+    return LearnedScorer(model, metadata)

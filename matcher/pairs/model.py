@@ -1,0 +1,128 @@
+"""The learned pair model: P(same whale) of a verified pair from its evidence and what the metadata says.
+
+Gradient-boosted trees (LightGBM) over the verdict's evidence (:mod:`matcher.pairs.evidence`) and the
+two photos' metadata: days apart, same date, same year and the pair of viewpoints. Features come from
+the pair and its two photos only, so a query's ranking still depends on its image and its scenario's
+database alone. Metadata may be missing (a curator's new photo without a date): its features are
+then missing values, which the trees were trained to handle.
+
+The model ships as one JSON file (``weights/pair-model-<preset>.json``): the format and version, the
+feature names, the verdict settings key it was trained for, what it was trained on, its out-of-fold
+figures and the command that rebuilds it, and the trees in LightGBM's own text format (loaded with
+``lightgbm.Booster(model_str=...)``: no pickle).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import WeightsError
+from ..io.atomic import atomic_path
+from . import evidence
+
+FORMAT = "whalematch-pair-model"
+VERSION = 1
+LATERAL = ("left", "right")
+METADATA_FEATURES = ("days_apart", "same_date", "same_year", "views")
+VIEWS = {("top", "top"): 0.0, ("left", "top"): 1.0, ("right", "top"): 1.0, ("left", "left"): 2.0,
+         ("right", "right"): 2.0, ("left", "right"): 3.0}  # top-top, top-flank, same flank, opposite flanks
+
+
+def _date(text) -> dt.date | None:
+    try:
+        return dt.date.fromisoformat(str(text).strip()[:10])
+    except (TypeError, ValueError):
+        return None
+
+
+def metadata_features(meta_a: dict | None, meta_b: dict | None) -> list[float]:
+    """:data:`METADATA_FEATURES` of two photos' metadata (``date``, ``viewpoint``); NaN where either is unknown."""
+    a, b = meta_a or {}, meta_b or {}
+    da, db = _date(a.get("date")), _date(b.get("date"))
+    if da and db:
+        days = abs((da - db).days)
+        dates = [float(days), float(days == 0), float(da.year == db.year)]
+    else:
+        dates = [math.nan] * 3
+    va, vb = (str(m.get("viewpoint") or "").strip().lower() for m in (a, b))
+    views = VIEWS.get(tuple(sorted((va, vb))), math.nan)
+    return dates + [views]
+
+
+def feature_names(use_metadata: bool = True) -> list[str]:
+    return ["strength", *evidence.FIELDS, *(METADATA_FEATURES if use_metadata else ())]
+
+
+def feature_row(verdict: dict, meta_a: dict | None, meta_b: dict | None, names: list[str]) -> list[float]:
+    """One row of ``names`` for a verdict (with its evidence) and its two photos' metadata."""
+    ev = verdict.get("evidence") or {}
+    values = {"strength": float(verdict["strength"]), **{k: float(ev.get(k, math.nan)) for k in evidence.FIELDS},
+              **dict(zip(METADATA_FEATURES, metadata_features(meta_a, meta_b)))}
+    return [values[n] for n in names]
+
+
+@dataclass
+class PairModel:
+    """A trained pair model and what it was trained for."""
+
+    features: list[str]
+    settings_key: str
+    booster_text: str
+    info: dict = field(default_factory=dict)  # training data, out-of-fold figures, command, parameters
+    source: str = ""
+    _booster: object = None
+
+    @property
+    def booster(self):
+        if self._booster is None:
+            import lightgbm
+
+            self._booster = lightgbm.Booster(model_str=self.booster_text)
+        return self._booster
+
+    @property
+    def uses_metadata(self) -> bool:
+        return any(f in METADATA_FEATURES for f in self.features)
+
+    def predict(self, rows) -> np.ndarray:
+        """P(same whale) per feature row (rows in the order of :attr:`features`)."""
+        x = np.asarray(rows, np.float64).reshape(-1, len(self.features))
+        if len(x) == 0:
+            return np.zeros(0)
+        return np.clip(np.asarray(self.booster.predict(x), np.float64), 0.0, 1.0)
+
+    def scores(self, verdicts: list[dict], metas: list[tuple[dict | None, dict | None]]) -> np.ndarray:
+        """P(same whale) of verdicts given with their two photos' metadata."""
+        return self.predict([feature_row(v, a, b, self.features) for v, (a, b) in zip(verdicts, metas)])
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "kind": "lightgbm binary classifier",
+                "features": self.features, "settings_key": self.settings_key, "info": self.info,
+                "lightgbm_model": self.booster_text}
+
+    def save(self, path: Path) -> None:
+        with atomic_path(Path(path), suffix=".json") as tmp:
+            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> PairModel:
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+                raise ValueError(f"not a {FORMAT} file of version {VERSION}")
+            model = cls(list(doc["features"]), doc["settings_key"], doc["lightgbm_model"], doc.get("info", {}),
+                        str(path))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise WeightsError(f"{path}: cannot load the pair model ({exc})") from None
+        unknown = set(model.features) - set(feature_names(True))
+        if unknown:
+            raise WeightsError(f"{path}: the pair model uses features this version does not compute: "
+                               f"{', '.join(sorted(unknown))}")
+        return model
