@@ -13,7 +13,7 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: install demo test data-subset run pack-submission test-submission score eval calibrate cascade codebook bench clean
+.PHONY: install demo test data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier bench clean
 
 $(PY):
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -84,6 +84,13 @@ cascade:
 codebook:
 	$(PY) benchmarks/build_codebook.py --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
 		--k 1024 --per-image 256 --iters 20 --seed 0 --version 1 --out weights/codebook-disk-k1024-v1.json
+
+## train-verifier: retrain the learned pair model weights/pair-model-PRESET.json on every photo of CATALOGUE (fixed
+##                 seed; features and verdicts cached in CACHE_DIR), with its out-of-fold figures (folds split by whale,
+##                 each development scenario ranked by a model that never saw its whales); appends them to RESULTS.md
+train-verifier:
+	$(PY) benchmarks/train_verifier.py --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
+		--dev $(DEV_DIR) --labels $(LABELS) --seed 0 --out weights/pair-model-$(PRESET).json --append benchmarks/RESULTS.md
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
 ##        projection to the challenge's full test, on the GPU if there is one, else the CPU (a few minutes there);

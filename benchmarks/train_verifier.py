@@ -74,25 +74,49 @@ def whale_folds(whales, n: int, seed: int) -> dict[str, int]:
     return {order[i]: int(k % n) for k, i in enumerate(perm)}
 
 
-def pair_oof(table: pd.DataFrame, names: list[str], seed: int, n_folds: int = 5) -> dict:
-    """ROC AUC and average precision of held-out pairs (both whales in the held-out fold), and of the strength."""
+def pair_oof(table: pd.DataFrame, names: list[str], seed: int, n_folds: int = 5) -> tuple[dict, pd.DataFrame]:
+    """ROC AUC and average precision of held-out pairs (both whales in the held-out fold), and of the strength;
+    and the held-out predictions (fold, label, p)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     fold = whale_folds(pd.concat([table["whale_a"], table["whale_b"]]), n_folds, seed)
     fa, fb = table["whale_a"].map(fold), table["whale_b"].map(fold)
-    preds, truth, strength = [], [], []
+    preds, truth, strength, folds = [], [], [], []
     for f in range(n_folds):
         train, test = table[(fa != f) & (fb != f)], table[(fa == f) & (fb == f)]
         model = PairModel(names, "", fit(train, names, seed))
         preds.append(model.predict(test[names].to_numpy()))
         truth.append(test["label"].to_numpy())
         strength.append(test["strength"].to_numpy())
+        folds.append(np.full(len(test), f))
     y, p, s = np.concatenate(truth), np.concatenate(preds), np.concatenate(strength)
-    return {"pairs": int(len(y)), "positives": int(y.sum()), "auc": round(float(roc_auc_score(y, p)), 4),
-            "ap": round(float(average_precision_score(y, p)), 4),
-            "strength_auc": round(float(roc_auc_score(y, s)), 4),
-            "strength_ap": round(float(average_precision_score(y, s)), 4), "folds": n_folds,
-            "split": "by whale: a fold's pairs have both whales in it, its model saw none of them"}
+    figures = {"pairs": int(len(y)), "positives": int(y.sum()), "auc": round(float(roc_auc_score(y, p)), 4),
+               "ap": round(float(average_precision_score(y, p)), 4),
+               "strength_auc": round(float(roc_auc_score(y, s)), 4),
+               "strength_ap": round(float(average_precision_score(y, s)), 4), "folds": n_folds,
+               "split": "by whale: a fold's pairs have both whales in it, its model saw none of them"}
+    return figures, pd.DataFrame({"fold": np.concatenate(folds), "label": y.astype(int), "p": p})
+
+
+def calibration(held: pd.DataFrame, preset: str, settings_key: str):
+    """Isotonic P(same whale) at even odds on the model's held-out predictions, and its error on each fold's
+    predictions when fitted on the other folds' (ECE and Brier, the classes weighing equally)."""
+    from matcher.curation import calibration as calib
+
+    eces, briers, raw_eces = [], [], []
+    for f in sorted(held["fold"].unique()):
+        fit_on, test = held[held["fold"] != f], held[held["fold"] == f]
+        cal = calib.fit(fit_on["p"], fit_on["label"], preset, settings_key, input=calib.MODEL)
+        w = calib.balancing_weights(test["label"].to_numpy())
+        eces.append(calib.expected_calibration_error(cal.probability(test["p"].to_numpy()), test["label"], weights=w))
+        briers.append(calib.brier_score(cal.probability(test["p"].to_numpy()), test["label"], w))
+        raw_eces.append(calib.expected_calibration_error(test["p"].to_numpy(), test["label"], weights=w))
+    cal = calib.fit(held["p"], held["label"], preset, settings_key, input=calib.MODEL,
+                    source="the model's held-out predictions (5 folds split by whale)")
+    cal.heldout = {"pairs": int(len(held)), "ece": round(float(np.mean(eces)), 4),
+                   "brier": round(float(np.mean(briers)), 4), "raw_model_ece": round(float(np.mean(raw_eces)), 4),
+                   "split": "each fold's held-out predictions, calibrated on the other folds'"}
+    return cal
 
 
 def strip_metadata(root: Path, out: Path) -> None:
@@ -193,9 +217,9 @@ def main(argv=None) -> int:
              f"({engine.verified()} now); preset {preset} on {engine.device}; {dt.date.today().isoformat()}.",
              "Pairs: " + ", ".join(f"{k} {v}" for k, v in table["kind"].value_counts().items())
              + f"; {int(table['label'].sum())} same whale."]
-    oof = {}
+    oof, held = {}, None
     for name, use_meta in (("evidence", False), ("evidence + metadata", True)):
-        oof[name] = pair_oof(table, feature_names(use_meta), args.seed)
+        oof[name], held = pair_oof(table, feature_names(use_meta), args.seed)
         lines.append(f"Held-out pairs, {name}: ROC AUC {oof[name]['auc']} (strength {oof[name]['strength_auc']}), "
                      f"average precision {oof[name]['ap']} (strength {oof[name]['strength_ap']}) on "
                      f"{oof[name]['pairs']} pairs, 5 folds split by whale.")
@@ -214,6 +238,10 @@ def main(argv=None) -> int:
     total = sum(importance.values()) or 1.0
     lines.append("Feature importance (share of the gain, shipped model): "
                  + ", ".join(f"{k} {v / total:.3f}" for k, v in top[:12]))
+    cal = calibration(held, preset, engine.settings_key)
+    lines.append(f"P(same whale) at even odds, isotonic on the held-out predictions: ECE {cal.heldout['ece']} "
+                 f"(raw model {cal.heldout['raw_model_ece']}), Brier {cal.heldout['brier']} (each fold calibrated "
+                 f"on the others).")
     model.info = {
         "trained_on": {"catalogue": args.catalogue.name, "photos": len(shas), "pairs": int(len(table)),
                        "positives": int(table["label"].sum()), "pairs_sha256": pair_dataset.digest(table),
@@ -223,6 +251,7 @@ def main(argv=None) -> int:
         "out_of_fold_pairs": oof,
         "out_of_fold_ranking": {k: {r.type: round(float(r.map20), 4) for r in t.itertuples()}
                                 for k, t in ranking.items()},
+        "calibration": cal.to_json(),
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/train_verifier.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }

@@ -27,7 +27,7 @@ EXTRACTORS: dict[str, dict] = {
         "weights": "depth",
         "max_keypoints": 1024,
         "extra_scales": [{"scale": 0.6, "max_keypoints": 512}],
-        "white_fill": None,  # e.g. {"threshold": 250, "margin": 0.02}: drop keypoints on the white fill
+        "white_fill": {"threshold": 250, "margin": 0.02},  # keypoints on the organisers' white fill dropped
         "target_area": 640 * 224,
         "max_upscale": 2.0,
         "multiple": 16,
@@ -121,8 +121,9 @@ STAGE2_BY_PIPELINE: dict[str, str] = {}  # stage 2 used by default, per pipeline
 
 
 def default_global(conf: dict) -> str:
-    """The stage-0 descriptor a resolved pipeline preset uses unless told otherwise."""
-    return GLOBAL_BY_EXTRACTOR.get(conf["extractor"]["name"], "none")
+    """The stage-0 descriptor a resolved pipeline preset uses unless told otherwise (a variant's extractor,
+    ``disk@<digest>``, uses its base's)."""
+    return GLOBAL_BY_EXTRACTOR.get(conf["extractor"]["name"].split("@")[0], "none")
 
 
 def default_stage2(conf: dict) -> str | None:

@@ -16,7 +16,7 @@ from matcher.curation.cli import main
 from matcher.curation.curator import Curator, PairTask, mirror_side
 from matcher.engine import Engine
 from matcher.features.stage import mirror_key
-from matcher.io.catalogue import Photo, comparable, load_catalogue
+from matcher.io.catalogue import Photo, comparable, load_catalogue, read_photos
 
 from conftest import textured_image, warp_affine
 
@@ -268,3 +268,35 @@ def test_cli_errors_are_reported_not_raised(tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
     assert main(["verify", "a", "b", "--calibration", str(bad), "--no-cache", "--quiet"]) == 2
+
+
+def test_search_scores_with_a_learned_pair_model_and_its_calibration(tmp_path, capsys):
+    """With a pair model for the preset, search's score is the model's P(same whale) and P is its own
+    calibration's; a strength calibration given for a model's scores is refused."""
+    pytest.importorskip("lightgbm")
+    from toy_model import fit_toy_model
+
+    meta_csv = write_catalogue(tmp_path / "cat")
+    photos = read_photos(meta_csv)
+    engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
+    model = fit_toy_model(engine, {i: p.path for i, p in photos.items()}, {i: p.whale_id for i, p in photos.items()},
+                          {i: {"date": p.date, "viewpoint": p.viewpoint} for i, p in photos.items()})
+    model.save(tmp_path / "model.json")
+    query = save_rgb(tmp_path / "new.png", warp_affine(textured_image(101), angle=-6, scale=0.95)[0])
+    out = tmp_path / "out"
+    assert main(["search", str(query), "--catalogue", str(tmp_path / "cat"), "--preset", PRESET, "--cache-dir",
+                 str(tmp_path / "cache"), "--out", str(out), "--top", "2", "--quiet", "--pair-score", "learned",
+                 "--pair-model", str(tmp_path / "model.json")]) == 0
+    cands = pd.read_csv(out / "candidates.csv")
+    assert list(cands["whale_id"][:3]) == ["whale1"] * 3
+    assert (cands["score"] <= 1).all() and cands["score"].iloc[0] > 0.5 > cands["score"].iloc[-1]
+    assert cands["probability"].notna().all() and cands["probability"].is_monotonic_decreasing
+    assert "pair model" in capsys.readouterr().out or (out / "report.html").read_text().count("pair model") > 0
+    from matcher.curation import calibration as calib
+
+    strength_cal = calib.fit([1.0, 5.0, 30.0, 60.0], [0, 0, 1, 1], PRESET, engine.settings_key)  # of the strength
+    strength_cal.save(tmp_path / "strength.json")
+    rc = main(["search", str(query), "--catalogue", str(tmp_path / "cat"), "--preset", PRESET, "--cache-dir",
+               str(tmp_path / "cache"), "--out", str(out), "--quiet", "--pair-score", "learned", "--pair-model",
+               str(tmp_path / "model.json"), "--calibration", str(tmp_path / "strength.json")])
+    assert rc == 2 and "calibrates the strength" in capsys.readouterr().err

@@ -15,9 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import Engine
-from ..errors import WeightsError
-from ..io import weights
-from ..pairs.model import PairModel
+from ..pairs.model import PairModel, for_preset
 
 log = logging.getLogger(__name__)
 PAIR_SCORES = ("strength", "learned")
@@ -28,24 +26,6 @@ Scorer = Callable[[list[tuple[str, str]], list[dict]], np.ndarray]
 def verdict_scores(pairs: list[tuple[str, str]], verdicts: list[dict]) -> np.ndarray:
     """The verdicts' own scores."""
     return np.array([float(v["score"]) for v in verdicts], np.float64)
-
-
-def model_file(preset: str) -> str:
-    return f"pair-model-{preset}.json"
-
-
-def load_model(engine: Engine, path: Path | None = None) -> PairModel:
-    """The pair model for the engine's verdict settings: ``path``, else ``pair-model-<preset>.json`` in the
-    weights folders; :class:`WeightsError` when absent or made for other settings."""
-    found = weights.locate(model_file(engine.name), [("as --pair-model", Path(path))] if path else [])
-    if found is None:
-        raise WeightsError(f"{model_file(engine.name)}: no pair model for preset {engine.name} in "
-                           f"{', '.join(str(d) for d in weights.project_dirs())} (make train-verifier builds one)")
-    model = PairModel.load(found)
-    if model.settings_key != engine.settings_key:
-        raise WeightsError(f"{found}: pair model trained for verdicts {model.settings_key}, not for "
-                           f"{engine.settings_key} ({engine.name}); retrain it (make train-verifier)")
-    return model
 
 
 class LearnedScorer:
@@ -67,7 +47,7 @@ def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = No
         return verdict_scores
     if name != "learned":
         raise ValueError(f"unknown pair score {name!r}; choose one of {', '.join(PAIR_SCORES)}")
-    model = load_model(engine, model_path)
+    model = for_preset(engine.name, engine.settings_key, model_path)
     log.info("pair score: %s (%d features%s)", model.source, len(model.features),
              ", metadata too" if model.uses_metadata else "")
     return LearnedScorer(model, metadata)

@@ -57,7 +57,7 @@ def scenario_of_queries(labels: pd.DataFrame, scenarios_dir: str | Path | None) 
     ]
     mapping = pd.concat(frames, ignore_index=True).drop_duplicates("query_id")
     types = read_types(root)
-    mapping["scenario_type"] = mapping["scenario"].map(types).fillna("")
+    mapping["scenario_type"] = mapping["scenario"].map(lambda sid: types.get(sid, ""))
     unknown = set(queries) - set(mapping["query_id"])
     if unknown:
         raise DataError(f"{root}: labelled query {sorted(unknown)[0]!r} is in no scenario's query file")

@@ -115,6 +115,8 @@ def verify_sets(cur: Curator, sets: dict) -> dict:
         results[name] = {"rows": [r for r, k in zip(rows, ok) if k], "labels": labels[ok],
                          "strength": np.array([r["strength"] for r, k in zip(rows, ok) if k], float),
                          "score": np.array([r["score"] for r, k in zip(rows, ok) if k], float)}
+        # what the calibration maps: the pair model's score where the pairs are scored by it, else the strength
+        results[name]["x"] = results[name]["score"] if cur.model is not None else results[name]["strength"]
         if (~ok).any():
             log.warning("%d %s pairs could not be verified and are left out", int((~ok).sum()), name)
     return results
@@ -130,12 +132,13 @@ def calibrate(cur: Curator, sets: dict, seed: int, metadata: Path, command: str
     if len(set(fit_set["labels"].tolist())) < 2:
         raise WhaleMatchError("the fit set needs both same-whale and different-whale pairs")
     engine = cur.engine
-    cal = calib.fit(fit_set["strength"], fit_set["labels"], engine.name, engine.settings_key,
+    cal = calib.fit(fit_set["x"], fit_set["labels"], engine.name, engine.settings_key,
+                    input=calib.MODEL if cur.model is not None else calib.STRENGTH,
                     images=sets["fit"]["images"], whales=sets["fit"]["whales"], seed=seed,
                     same_encounter_positives=sum(1 for a, b in sets["fit"]["positives"]
                                                  if a.encounter_id and a.encounter_id == b.encounter_id),
                     metadata=Path(metadata).name)
-    cal.heldout = {**calib.evaluate(cal, held["strength"], held["labels"], held["score"]),
+    cal.heldout = {**calib.evaluate(cal, held["x"], held["labels"], held["score"]),
                    "images": sets["heldout"]["images"], "whales": sets["heldout"]["whales"],
                    "split": "by whale: no whale in both the fit and the held-out set"}
     cal.command = command
@@ -145,7 +148,7 @@ def calibrate(cur: Curator, sets: dict, seed: int, metadata: Path, command: str
 def heldout_reliability(cal: calib.Calibration, results: dict) -> list[dict]:
     """The reliability table of the held-out pairs, classes weighed to even odds."""
     held = results["heldout"]
-    p_held = np.atleast_1d(cal.probability(held["strength"]))
+    p_held = np.atleast_1d(cal.probability(held["x"]))
     return calib.reliability_table(p_held, held["labels"], weights=calib.balancing_weights(held["labels"]))
 
 
@@ -157,7 +160,7 @@ def pairs_table(cal: calib.Calibration, results: dict) -> pd.DataFrame:
                                     "image_b": [r["image_b"] for r in res["rows"]], "same_whale": res["labels"],
                                     "n_inliers": [r["n_inliers"] for r in res["rows"]], "strength": res["strength"],
                                     "score": res["score"],
-                                    "probability": np.atleast_1d(cal.probability(res["strength"])),
+                                    "probability": np.atleast_1d(cal.probability(res["x"])),
                                     "mirrored": [r["mirrored"] for r in res["rows"]]}))
     return pd.concat(frames, ignore_index=True)
 

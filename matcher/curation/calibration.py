@@ -51,6 +51,11 @@ PSEUDO_COUNT = 1.0  # per pooled block, towards 1/2: a block of 3 positives says
 TIE = 1e-12  # relative difference below which two adjacent block values are equal (rounding of the sums)
 
 
+STRENGTH = "strength (inliers + mean inlier similarity)"
+MODEL = "pair model probability"
+INPUTS = (STRENGTH, MODEL)
+
+
 class CalibrationError(WhaleMatchError):
     """A calibration file is missing, malformed or made for other settings."""
 
@@ -185,10 +190,11 @@ class Calibration:
     command: str = ""
     method: str = "isotonic regression (pool adjacent violators) of same-whale on strength"
     source: str = ""  # where it was loaded from (not saved)
+    input: str = STRENGTH  # what x is: the verdict's strength, or the learned pair model's probability
 
-    def probability(self, strength, prior: float | None = None):
-        """P(same whale) for a strength (scalar or array), at the fit data's odds or at ``prior``."""
-        s = np.asarray(strength, np.float64)
+    def probability(self, x, prior: float | None = None):
+        """P(same whale) for an input value (scalar or array), at the fit data's odds or at ``prior``."""
+        s = np.asarray(x, np.float64)
         p = np.interp(s, self.x, self.y)
         if prior is not None and 0 < self.prior < 1:
             # Bayes: rescale the odds from the fit data's share of same-whale pairs to ``prior``.
@@ -203,7 +209,7 @@ class Calibration:
             "format": FORMAT,
             "version": VERSION,
             "method": self.method,
-            "input": "strength (inliers + mean inlier similarity)",
+            "input": self.input,
             "interpolation": "linear between knots, constant beyond the ends",
             "preset": self.preset,
             "settings_key": self.settings_key,
@@ -228,6 +234,11 @@ class Calibration:
             raise CalibrationError(f"{path}: calibration file not found") from None
         except (OSError, ValueError) as exc:
             raise CalibrationError(f"{path}: not a readable calibration file ({exc})") from None
+        return cls.from_json(doc, path)
+
+    @classmethod
+    def from_json(cls, doc: dict, path: Path | str) -> "Calibration":
+        """A calibration from its JSON form (a file's, or the one a pair model carries); ``path`` names it."""
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise CalibrationError(f"{path}: not a whalematch calibration file")
         if doc.get("version") != VERSION:
@@ -239,7 +250,8 @@ class Calibration:
             raise CalibrationError(f"{path}: knots must be non-decreasing in x and y, with y in [0, 1]")
         return cls(preset=doc["preset"], settings_key=doc["settings_key"], x=x.tolist(), y=y.tolist(),
                    prior=float(doc.get("prior", 0.5)), fit=doc.get("fit", {}), heldout=doc.get("heldout", {}),
-                   command=doc.get("command", ""), method=doc.get("method", ""), source=str(path))
+                   command=doc.get("command", ""), method=doc.get("method", ""), source=str(path),
+                   input=doc.get("input", STRENGTH) if doc.get("input") in INPUTS else STRENGTH)
 
     def describe(self) -> str:
         h = self.heldout
@@ -247,12 +259,15 @@ class Calibration:
         return f"{self.source or 'calibration'} ({self.fit.get('pairs', '?')} fit pairs{err})"
 
 
-def fit(x, labels, preset: str, settings_key: str, balance: bool = True, **info) -> Calibration:
-    """Isotonic calibration of ``labels`` on ``x``; with ``balance`` the classes weigh equally (even odds)."""
+def fit(x, labels, preset: str, settings_key: str, balance: bool = True, input: str = STRENGTH,
+        **info) -> Calibration:
+    """Isotonic calibration of ``labels`` on ``x`` (of kind ``input``); with ``balance`` the classes weigh
+    equally (even odds)."""
     labels = np.asarray(labels, float)
     w = balancing_weights(labels) if balance else np.ones(len(labels))
     kx, ky = fit_isotonic(np.asarray(x), labels, w)
-    return Calibration(preset=preset, settings_key=settings_key, x=kx, y=ky,
+    method = f"isotonic regression (pool adjacent violators) of same-whale on {input.split(' (')[0]}"
+    return Calibration(preset=preset, settings_key=settings_key, x=kx, y=ky, input=input, method=method,
                        prior=round(float(np.average(labels, weights=w)), 6),
                        fit={"pairs": int(len(labels)), "positives": int(labels.sum()),
                             "negatives": int(len(labels) - labels.sum()),

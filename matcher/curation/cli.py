@@ -25,8 +25,9 @@ from pathlib import Path
 from .. import __version__, presets
 from ..config import default_cache_dir, env, env_value, setup_logging, workers
 from ..engine import Engine
-from ..errors import ConfigError, DataError, WhaleMatchError
+from ..errors import ConfigError, DataError, WeightsError, WhaleMatchError
 from ..io.catalogue import Photo, load_catalogue, read_photos
+from ..pairs import model as pair_model
 from . import audit, calibrate, search, verify
 from . import calibration as calib
 from .curator import Curator, PairTask, mirror_side
@@ -43,15 +44,30 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def make_curator(args, calibration_file: Path | None) -> Curator:
-    """The engine of the options, and the calibration for its settings (``calibration_file``, else the preset's)."""
+    """The engine of the options, its pair score (the learned model's P(same whale), or the strength's score)
+    and the calibration of that score (``calibration_file``, else the model's own, else the preset's)."""
     if args.prior is not None and not 0 < args.prior < 1:
         raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
     engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
                     progress=not args.quiet)
-    cal, why = calib.for_preset(engine.conf, calibration_file)
-    if cal is None:
-        log.warning("%s; P(same whale) left blank, rankings use the raw score", why)
-    return Curator(engine, cal, args.prior)
+    model = None
+    if args.pair_score != "strength":
+        try:
+            model = pair_model.for_preset(engine.name, engine.settings_key, args.pair_model)
+        except WeightsError as exc:
+            if args.pair_score == "learned":
+                raise
+            log.info("no learned pair model (%s); scoring pairs by their strength", exc)
+    if model is not None and calibration_file is None and "calibration" in model.info:
+        cal = calib.Calibration.from_json(model.info["calibration"], f"{model.source} (its calibration)")
+    else:
+        cal, why = calib.for_preset(engine.conf, calibration_file)
+        if cal is None:
+            log.warning("%s; P(same whale) left blank, rankings use the raw score", why)
+    if cal is not None and (cal.input == calib.MODEL) != (model is not None):
+        raise WhaleMatchError(f"{cal.source}: calibrates the {cal.input}, but the pairs are scored by "
+                              f"{'the pair model' if model is not None else 'their strength'} (--pair-score)")
+    return Curator(engine, cal, args.prior, model)
 
 
 def fmt(v, spec=".3f") -> str:
@@ -252,6 +268,13 @@ def common_options() -> argparse.ArgumentParser:
     g.add_argument("--calibration", type=Path, default=env("CALIBRATION"),
                    help="calibration file; None: calibration-<preset>.json in $WHALEMATCH_WEIGHTS_DIR or weights/ "
                         "($WHALEMATCH_CALIBRATION)")
+    g.add_argument("--pair-score", default=env("PAIR_SCORE", "auto"), choices=("auto", "strength", "learned"),
+                   help="the pair score: learned (the pair model's P(same whale) from the verdict's evidence and the "
+                        "photos' dates and viewpoints), strength (inliers and their similarity), or auto: learned "
+                        "where the preset has a pair model ($WHALEMATCH_PAIR_SCORE)")
+    g.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
+                   help="the pair model's file; None: pair-model-<preset>.json in the weights folders "
+                        "($WHALEMATCH_PAIR_MODEL)")
     g.add_argument("--prior", type=float, default=None,
                    help="share of same-whale pairs to assume for P(same whale); None: the calibration's, even odds")
     g.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -30,7 +30,8 @@ from ..io import images
 from ..io.catalogue import LATERAL, Photo, comparable
 from ..pairs.store import canonical
 from . import drawing
-from .calibration import Calibration
+from ..pairs.model import PairModel
+from .calibration import MODEL, Calibration
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +87,14 @@ def verdict_label(probability: float | None, calibrated: bool) -> str:
 
 @dataclass
 class Curator:
-    """Verify pairs of photos with one engine (and its caches) and an optional calibration."""
+    """Verify pairs of photos with one engine (and its caches), an optional learned pair model (the score is then
+    its P(same whale) from the verdict's evidence and the photos' dates and viewpoints) and an optional
+    calibration of the score (of the strength without a model)."""
 
     engine: Engine
     calibration: Calibration | None = None
     prior: float | None = None
+    model: PairModel | None = None
     shas: dict = field(default_factory=dict)  # photo id -> content hash
     bad: dict = field(default_factory=dict)  # photo id -> why unusable
     prepared: set = field(default_factory=set)  # content hashes whose features the engine holds
@@ -171,12 +175,30 @@ class Curator:
         self.prepare_mirrored([t.a for t in tasks if t.mirror == "a"] + [t.b for t in tasks if t.mirror == "b"])
         pairs = {canonical(*self.keys(t)) for t in tasks if self._ok(t)}
         verdicts = self.engine.verdicts(pairs) if pairs else {}
-        return [self._row(t, verdicts.get(canonical(*self.keys(t))) if self._ok(t) else None) for t in tasks]
+        found = [verdicts.get(canonical(*self.keys(t))) if self._ok(t) else None for t in tasks]
+        scores = [None] * len(tasks)
+        if self.model is not None:
+            done = [i for i, v in enumerate(found) if v is not None]
+            p = self.model.scores([found[i] for i in done], [self.metadata(tasks[i]) for i in done])
+            for i, value in zip(done, p):
+                scores[i] = float(value)
+        return [self._row(t, v, score) for t, v, score in zip(tasks, found, scores)]
+
+    @staticmethod
+    def metadata(task: PairTask) -> tuple[dict, dict]:
+        """What the pair model reads of the two photos; a mirrored flank counts as the other flank."""
+        def meta(photo: Photo, mirrored: bool) -> dict:
+            view = photo.viewpoint
+            if mirrored and view in LATERAL:
+                view = LATERAL[1 - LATERAL.index(view)]
+            return {"date": photo.date, "viewpoint": view}
+
+        return meta(task.a, task.mirror == "a"), meta(task.b, task.mirror == "b")
 
     def _ok(self, t: PairTask) -> bool:
         return t.a.id in self.shas and t.b.id in self.shas
 
-    def _row(self, t: PairTask, v: dict | None) -> dict:
+    def _row(self, t: PairTask, v: dict | None, model_score: float | None = None) -> dict:
         row = {
             "image_a": t.a.id, "image_b": t.b.id, "path_a": str(t.a.path), "path_b": str(t.b.path),
             "viewpoint_a": t.a.viewpoint, "viewpoint_b": t.b.viewpoint,
@@ -188,10 +210,12 @@ class Curator:
             row["error"] = "; ".join(self.bad[i] for i in (t.a.id, t.b.id) if i in self.bad) or "not verified"
             row["verdict"] = "error"
             return row
+        score = float(v["score"]) if model_score is None else model_score
         row.update(n_matches=int(v["n_matches"]), n_inliers=int(v["n_inliers"]),
-                   strength=round(float(v["strength"]), 4), score=round(float(v["score"]), 4))
+                   strength=round(float(v["strength"]), 4), score=round(score, 4))
         if self.calibration is not None:
-            row["probability"] = round(float(self.calibration.probability(v["strength"], self.prior)), 4)
+            x = score if self.calibration.input == MODEL else float(v["strength"])
+            row["probability"] = round(float(self.calibration.probability(x, self.prior)), 4)
         row["verdict"] = verdict_label(row["probability"] if self.calibration else row["score"],
                                        self.calibration is not None)
         notes = []
@@ -214,7 +238,9 @@ class Curator:
         lines = [
             f"preset {conf['name']}: {conf['extractor']['name']} features, {conf['matcher']['name']} matching, "
             f"{v['model']} model by MAGSAC++ (threshold {v['threshold']} px, at least {v['min_matches']} matches); "
-            f"score = s/(s+{v['score_scale']:g}) with s = inliers + mean inlier similarity",
+            + (f"score = the pair model's P(same whale) ({self.model.source}: the verdict's evidence and the photos' "
+               f"dates and viewpoints)" if self.model is not None else
+               f"score = s/(s+{v['score_scale']:g}) with s = inliers + mean inlier similarity"),
             f"settings key {engine.settings_key}; device {engine.device}; caches "
             f"{caches if engine.cache.root else 'in ' + caches}",
         ]

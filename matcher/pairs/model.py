@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
+from ..io import weights
 from ..io.atomic import atomic_path
 from . import evidence
 
@@ -126,3 +127,22 @@ class PairModel:
             raise WeightsError(f"{path}: the pair model uses features this version does not compute: "
                                f"{', '.join(sorted(unknown))}")
         return model
+
+
+def model_file(preset: str) -> str:
+    """The file name of a preset's shipped pair model."""
+    return f"pair-model-{preset}.json"
+
+
+def for_preset(preset: str, settings_key: str, path: Path | None = None) -> PairModel:
+    """The pair model for a preset's verdicts: ``path``, else :func:`model_file` in the weights folders;
+    :class:`WeightsError` when there is none or it was trained for verdicts of other settings."""
+    found = weights.locate(model_file(preset), [("as the pair model", Path(path))] if path else [])
+    if found is None:
+        raise WeightsError(f"{model_file(preset)}: no pair model for preset {preset} in "
+                           f"{', '.join(str(d) for d in weights.project_dirs())} (make train-verifier builds one)")
+    model = PairModel.load(found)
+    if model.settings_key != settings_key:
+        raise WeightsError(f"{found}: pair model trained for verdicts {model.settings_key}, not for {settings_key} "
+                           f"({preset}); retrain it (make train-verifier)")
+    return model
