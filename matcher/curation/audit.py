@@ -15,6 +15,7 @@ from ..errors import DataError
 from ..io.catalogue import Photo, comparable, view_group
 from . import report
 from .curator import Curator, pair_task
+from .review_page import Review
 
 SCOPES = ("all", "same-year", "same-date")
 ISOLATED_COLUMNS = ["rank", "image_id", "whale_id", "viewpoint", "suspicion", "compared_with", "best_partner",
@@ -201,7 +202,8 @@ def summary_lines(cur: Curator, plan: AuditPlan, found: AuditFindings, metadata:
         f"other image of their whale ({measure} below {isolated_below})",
         f"(b) {len(found.rows_cross)} of {plan.cross_total} cross-whale pairs verified; {len(found.strong)} verify "
         f"strongly ({measure} at least {strong_above})",
-        *cur.describe(),
+        cur.prior_line(),
+        *cur.describe(prior=False),
     ]
 
 
@@ -218,8 +220,10 @@ def write_page(found: AuditFindings, summary: list[str], out: Path) -> Path:
          report.Column("best_probability", "P(same)", "prob"),
          report.Column("compared_with", "compared with", "int", "other images of the same whale compared")],
         report.pictures_relative(found.isolated, page), table_id="isolated",
-        note="possible mislabels, or photos too poor or too different (another body part) to match",
-        empty="none: every checkable image matches at least one other image of its whale")
+        note="possible mislabels, or photos too poor or too different (another body part) to match; most doubtful "
+             "first; a decision is on the image and its best same-whale partner (Different: the label needs a look)",
+        empty="none: every checkable image matches at least one other image of its whale",
+        review=Review("best_partner", "whale_id", query="image_id"))
     strong_table = report.Table(
         "(b) Pairs labelled as different whales that verify strongly",
         [report.Column("rank", "#", "int"), report.Column("image_a", "image A"), report.Column("whale_a", "whale A"),
@@ -228,6 +232,8 @@ def write_page(found: AuditFindings, summary: list[str], out: Path) -> Path:
          report.Column("score", "score", "num"), report.Column("probability", "P(same)", "prob"),
          report.Column("kind", "kind"), report.Column("note", "note")],
         report.pictures_relative(found.strong, page), table_id="suspects",
-        note="possible duplicates of one whale under two ids, or mislabelled images",
-        empty="none among the pairs verified")
+        note="possible duplicates of one whale under two ids, or mislabelled images; most doubtful first; Same on a "
+             "pair merges the two whale ids with whalematch apply-decisions",
+        empty="none among the pairs verified",
+        review=Review("image_b", "whale_b", query="image_a"))
     return report.write(report.Report("whalematch: catalogue audit", summary, [iso_table, strong_table]), page)

@@ -5,10 +5,14 @@
     whalematch search NEW.jpg --catalogue DIR     catalogue images (and whales) ranked for a new photo
     whalematch audit --metadata metadata.csv      labels to check: isolated images, strong cross-whale pairs
     whalematch calibrate --metadata metadata.csv  refit P(same whale) on a labelled catalogue
+    whalematch apply-decisions DECISIONS.csv --metadata metadata.csv
+                                                  a review page's decisions into a new metadata file
 
-Every command shares the engine's caches (``--cache-dir``, else $WHALEMATCH_CACHE_DIR,
+The matching commands share the engine's caches (``--cache-dir``, else $WHALEMATCH_CACHE_DIR,
 else ~/.cache/whalematch): features and pair verdicts are computed once per image and
-pair for given settings. ``whalematch COMMAND --help`` lists each command's options.
+pair for given settings. Each review page records decisions (Same / Different / Not sure)
+in the browser and exports them as a CSV for apply-decisions. ``whalematch COMMAND --help``
+lists each command's options.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..engine import Engine
 from ..errors import ConfigError, DataError, WeightsError, WhaleMatchError
 from ..io.catalogue import Photo, load_catalogue, read_photos
 from ..pairs import model as pair_model
-from . import audit, calibrate, search, verify
+from . import audit, calibrate, decisions, priors, search, verify
 from . import calibration as calib
 from .curator import Curator, PairTask, mirror_side
 
@@ -67,7 +71,10 @@ def make_curator(args, calibration_file: Path | None) -> Curator:
     if cal is not None and (cal.input == calib.MODEL) != (model is not None):
         raise WhaleMatchError(f"{cal.source}: calibrates the {cal.input}, but the pairs are scored by "
                               f"{'the pair model' if model is not None else 'their strength'} (--pair-score)")
-    return Curator(engine, cal, args.prior, model)
+    cur = Curator(engine, cal, args.prior, model)
+    if args.prior is not None:
+        cur.use_prior(priors.given(args.prior))
+    return cur
 
 
 def fmt(v, spec=".3f") -> str:
@@ -91,6 +98,7 @@ def cmd_verify(args) -> int:
     meta = read_photos(args.metadata) if args.metadata else None
     a, b = (verify.resolve_photo(v, meta) for v in args.images)
     cur = make_curator(args, args.calibration)
+    cur.use_prior(priors.for_pairs(args.prior, priors.ONE_PAIR_WHY))
     task = PairTask(a, b, mirror_side(a, b, args.mirror))
     row = cur.verify([task])[0]
     if row["error"]:
@@ -123,6 +131,7 @@ def cmd_verify_batch(args) -> int:
     meta = read_photos(args.metadata) if args.metadata else None
     tasks = verify.read_pairs(args.pairs, meta, args.mirror)
     cur = make_curator(args, args.calibration)
+    cur.use_prior(priors.for_pairs(args.prior, priors.PAIRS_WHY))
     print(f"{len(tasks)} pairs from {args.pairs}; {len({p.id for t in tasks for p in (t.a, t.b)})} images",
           file=sys.stderr)
     batch = verify.verify_batch(cur, tasks, args.pictures, args.out / "images", args.outliers)
@@ -130,7 +139,9 @@ def cmd_verify_batch(args) -> int:
     page = verify.write_page(cur, batch, args.pairs, args.pictures, args.out / "report.html")
     print(f"verified {len(batch.rows) - batch.errors} pairs"
           + (f", {batch.likely_same(cur)} with P(same whale) >= 0.5" if cur.calibration is not None else ""))
-    print(f"results: {csv_path}\nreview page: {page}")
+    print(cur.prior_line())
+    print(f"results: {csv_path}\nreview page: {page} (decisions: Same / Different / Not sure, exported as a CSV "
+          "for whalematch apply-decisions)")
     return 0
 
 
@@ -143,25 +154,29 @@ def cmd_search(args) -> int:
     tasks = search.search_tasks(query, catalogue, args.mirror, args.all_views or not args.viewpoint)
     if not tasks:
         raise WhaleMatchError(f"no catalogue image to compare with (views: {args.viewpoint or 'any'})")
+    cur.use_prior(priors.for_search(args.prior, [t.b for t in tasks]))
     print(f"searching {len(tasks)} catalogue images for {query.id}; "
           f"{cur.extraction_line([query] + [t.b for t in tasks])}", file=sys.stderr)
     sys.stderr.flush()
     result = search.search(cur, query, tasks, catalogue, args.top, args.out / "images", args.outliers)
     tables = search.write_tables(result, args.out)
     page = search.write_page(cur, result, search.summary_lines(cur, result, args.catalogue), args.top, args.out)
+    print(cur.prior_line())
     print(f"best catalogue images for {query.id}:")
     for r in result.rows[: min(10, len(result.rows))]:
         if r.get("error"):
             break
         print(f"  {r['rank']:>3}. {r['image_b']:<24} {r['whale_id']:<12} inliers {r['n_inliers']:>4}  "
-              f"score {r['score']:.3f}  P {fmt(r['probability'], '.2f')}  {r['note']}")
+              f"score {r['score']:.3f}  P {fmt(r['probability'], '.2f')}  {r['verdict']}"
+              + (f"  ({r['note']})" if r["note"] else ""))
     if result.whales:
         print("best whales:")
         for w in result.whales[:5]:
             print(f"  {w['rank']:>3}. {w['whale_id']:<12} via {w['best_image']:<24} score {w['score']:.3f}  "
                   f"P {fmt(w['probability'], '.2f')}  ({w['images_verified']}/{w['images']} images verify)")
     print(f"results: {', '.join(map(str, tables))}")
-    print(f"review page: {page}")
+    print(f"review page: {page} (decisions: Same / Different / Not sure, exported as a CSV for "
+          "whalematch apply-decisions)")
     return 0
 
 
@@ -177,8 +192,10 @@ def cmd_audit(args) -> int:
     plan = audit.plan_audit(photos, args.scope, None if args.no_cross else args.limit, args.seed)
     cross = [] if args.no_cross else plan.cross
     cur = make_curator(args, args.calibration)
+    cur.use_prior(priors.for_pairs(args.prior, priors.AUDIT_WHY))
     print(f"audit of {plan.photos} images of {plan.whales} whales ({args.metadata})")
     print(f"  {cur.extraction_line(photos)}")
+    print(f"  {cur.prior_line()}")
     print(f"  (a) {len(plan.within)} same-whale pairs; {plan.singletons} images have no other comparable image "
           "of their whale and cannot be checked")
     scope = {"all": "", "same-year": " taken in the same year", "same-date": " taken on the same date"}[args.scope]
@@ -207,7 +224,47 @@ def cmd_audit(args) -> int:
     for d in found.strong[:10]:
         print(f"  {d['rank']:>3}. {d['image_a']} ({d['whale_a']}) ~ {d['image_b']} ({d['whale_b']})  "
               f"inliers {d['n_inliers']}  P {fmt(d['probability'], '.2f')}  score {d['score']:.3f}  {d['kind']}")
-    print(f"results: {iso_csv}, {sus_csv}\nreview page: {page}")
+    print(f"results: {iso_csv}, {sus_csv}\nreview page: {page} (both lists, most doubtful first, with decisions: "
+          "Same on a cross-whale pair merges the two ids with whalematch apply-decisions)")
+    return 0
+
+
+def cmd_apply_decisions(args) -> int:
+    """A review page's decisions into a new metadata file, with a log of every change."""
+    if args.in_place and args.output is not None:
+        raise WhaleMatchError("give --output or --in-place, not both")
+    cat = decisions.Catalogue.read(args.metadata)
+    output = args.metadata if args.in_place else \
+        (args.output or args.metadata.with_name(f"{args.metadata.stem}.decided.csv"))
+    if not args.in_place and output.resolve() == args.metadata.resolve():
+        raise WhaleMatchError(f"{output} is the catalogue itself: give --in-place to overwrite it")
+    log_path = args.log or output.with_name(f"{output.stem}.changes.csv")
+    photo_dir = args.photo_dir if args.photo_dir.is_absolute() else output.parent / args.photo_dir
+    found = decisions.read_decisions(args.decisions)
+    bases = list(dict.fromkeys([Path.cwd(), *(d.parent.resolve() for d in args.decisions), cat.folder.resolve()]))
+    plan = decisions.plan_changes(found, cat, bases)
+    table = decisions.apply(plan, cat, output, photo_dir, args.dry_run)
+    told = ", ".join(f"{n} {k}" for k, n in sorted(plan.counts.items()))
+    print(f"{len(found)} decisions from {', '.join(map(str, args.decisions))} ({told or 'none'})")
+    print(f"catalogue {args.metadata}: {len(cat.photos)} photos of {len(cat.whale_counts())} whales")
+    print(f"{len(plan.changes)} changes: {len(set(plan.merged))} whale ids merged, {len(plan.labels)} photos labelled, "
+          f"{len(plan.new_photos)} new photos added")
+    for c in plan.changes:
+        print(f"  {c.line()}")
+    if plan.notes:
+        print(f"{len(plan.notes)} decisions change nothing:")
+        for c in plan.notes:
+            print(f"  {c.line()}")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    decisions.write(table, plan, output, log_path,
+                    args.metadata.with_name(args.metadata.name + ".bak") if args.in_place else None)
+    whales = len({w for w in table["whale_id"] if w})
+    print(f"wrote {output} ({len(table)} photos of {whales} whales)" + (f", the old file kept as "
+          f"{args.metadata.name}.bak" if args.in_place else "") + f"; log of changes: {log_path}")
+    print("nothing was matched or verified: verdicts are cached by the photos' contents, so a search or audit of "
+          "the new catalogue reuses them")
     return 0
 
 
@@ -276,7 +333,9 @@ def common_options() -> argparse.ArgumentParser:
                    help="the pair model's file; None: pair-model-<preset>.json in the weights folders "
                         "($WHALEMATCH_PAIR_MODEL)")
     g.add_argument("--prior", type=float, default=None,
-                   help="share of same-whale pairs to assume for P(same whale); None: the calibration's, even odds")
+                   help="share of same-whale pairs to assume for P(same whale); None: search: 1/K for the K whales "
+                        "compared (the new photo shows one of them), audit and verify: the calibration's even odds "
+                        "(the evidence of the pair alone); every command states which and why")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     return p
@@ -353,6 +412,30 @@ def calibrate_options(c: argparse.ArgumentParser) -> None:
     c.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="folder for the labelled pairs CSV")
 
 
+def apply_decisions_options(a: argparse.ArgumentParser) -> None:
+    a.add_argument("decisions", nargs="+", type=Path,
+                   help="decisions CSV(s) exported from review pages: query_image, candidate_image, decision (same, "
+                        "different or not sure); optional candidate_whale, comment, reviewer, time")
+    a.add_argument("--metadata", type=Path, required=True,
+                   help="the catalogue's metadata CSV (image_id,path,whale_id[,viewpoint,...]); never changed "
+                        "without --in-place")
+    a.add_argument("--output", type=Path,
+                   help="the new metadata CSV; None: <metadata stem>.decided.csv beside METADATA. In another folder "
+                        "the paths are rewritten relative to it (it must hold the photos)")
+    a.add_argument("--in-place", action="store_true", help="overwrite METADATA (the old file is kept as METADATA.bak)")
+    a.add_argument("--log", type=Path, help="CSV log of every change and of decisions that change nothing; None: "
+                                            "<output stem>.changes.csv beside the output")
+    a.add_argument("--photo-dir", type=Path, default=Path("new_photos"),
+                   help="where a new photo from outside the output's folder is copied (relative to that folder), so "
+                        "that the catalogue keeps its photos inside its folder")
+    a.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
+    a.add_argument("-v", "--verbose", action="store_true", help="debug messages")
+
+
+APPLY_DECISIONS = ("apply the decisions of review pages to a catalogue",
+                   decisions.__doc__.split("\n\n", 1)[1].replace("``", "") +
+                   "\nExample: whalematch apply-decisions whalematch-decisions-*.csv --metadata catalogue/metadata.csv")
+
 COMMANDS = {
     "verify": (verify_options, "verify one pair (A B) or a CSV of pairs (--pairs)",
                "Verdict of a pair of photos, with a picture of the inlier correspondences; or, with --pairs, a CSV "
@@ -378,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (add_options, summary, description) in COMMANDS.items():
         add_options(sub.add_parser(name, parents=[common], help=summary, description=textwrap.fill(description, 79),
                                    formatter_class=HelpFormatter))
+    apply_decisions_options(sub.add_parser("apply-decisions", help=APPLY_DECISIONS[0], description=APPLY_DECISIONS[1],
+                                           formatter_class=HelpFormatter))
     return p
 
 
@@ -397,6 +482,8 @@ def main(argv=None) -> int:
             return cmd_search(args)
         if args.command == "audit":
             return cmd_audit(args)
+        if args.command == "apply-decisions":
+            return cmd_apply_decisions(args)
         return cmd_calibrate(args, argv)
     except WhaleMatchError as exc:
         log.error("%s", exc)

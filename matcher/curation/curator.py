@@ -32,6 +32,7 @@ from ..pairs.store import canonical
 from . import drawing
 from ..pairs.model import PairModel
 from .calibration import MODEL, Calibration
+from .priors import ONE_PAIR_WHY, Prior
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,8 @@ def safe_name(text: str, limit: int = 60) -> str:
 
 
 def verdict_label(probability: float | None, calibrated: bool) -> str:
-    """Words for a verdict: bands of P(same whale), or a pointer to the raw score without a calibration."""
+    """Words for a verdict: bands of P(same whale) (at the prior the command states), or a pointer to the raw
+    score without a calibration."""
     if probability is None:
         return ""
     if not calibrated:
@@ -81,7 +83,7 @@ def verdict_label(probability: float | None, calibrated: bool) -> str:
     if probability >= 0.5:
         return "probably same whale"
     if probability >= 0.1:
-        return "probably different"
+        return "possible match"
     return "different / no match"
 
 
@@ -93,8 +95,9 @@ class Curator:
 
     engine: Engine
     calibration: Calibration | None = None
-    prior: float | None = None
+    prior: float | None = None  # share of same-whale pairs P assumes; None: the calibration's (even odds)
     model: PairModel | None = None
+    prior_why: str = ONE_PAIR_WHY  # why that prior (see :mod:`.priors`)
     shas: dict = field(default_factory=dict)  # photo id -> content hash
     bad: dict = field(default_factory=dict)  # photo id -> why unusable
     prepared: set = field(default_factory=set)  # content hashes whose features the engine holds
@@ -160,6 +163,14 @@ class Curator:
         return images.load(photo.path)
 
     # -- verdicts
+
+    def use_prior(self, prior: Prior) -> None:
+        """Give P(same whale) this base rate (set it before verifying: rows keep the P they were made with)."""
+        self.prior, self.prior_why = prior.value, prior.why
+
+    def prior_line(self) -> str:
+        """Which prior P(same whale) assumes and why (see :mod:`.priors`)."""
+        return Prior(self.prior, self.prior_why).line(self.calibration is not None)
 
     def confidence(self, row: dict) -> float:
         """What thresholds and rankings use: the calibrated probability, else the raw score."""
@@ -230,8 +241,9 @@ class Curator:
         row["note"] = "; ".join(notes)
         return row
 
-    def describe(self) -> list[str]:
-        """What the verdicts mean: the preset's stages, settings key, device, caches and calibration."""
+    def describe(self, prior: bool = True) -> list[str]:
+        """What the verdicts mean: the preset's stages, settings key, device, caches, calibration and (with ``prior``)
+        the prior P(same whale) assumes."""
         engine = self.engine
         conf, v = engine.conf, engine.conf["verifier"]
         caches = engine.cache.describe()
@@ -245,12 +257,8 @@ class Curator:
             f"{caches if engine.cache.root else 'in ' + caches}",
         ]
         if self.calibration is not None:
-            prior = f"; P assumes {self.prior:.0%} same-whale pairs" if self.prior else \
-                "; P assumes even odds (as many same-whale as different-whale pairs)"
-            lines.append(f"calibration {self.calibration.describe()}{prior}")
-        else:
-            lines.append("no calibration for these settings: P(same whale) not available")
-        return lines
+            lines.append(f"calibration {self.calibration.describe()}")
+        return lines + [self.prior_line()] if prior else lines
 
     # -- pictures
 

@@ -3,8 +3,10 @@
 The page needs no server and no network: open ``report.html`` in a browser. Each
 table row holds a candidate pair with its match picture (click it for the full
 size); clicking a column header sorts the rows by it (numbers largest first on
-the first click, then the other way). Also here: what every command's pages and
-tables share (:data:`PAIR_COLUMNS`, :func:`pictures_relative`, :func:`write_csv`).
+the first click, then the other way). A table with a :class:`~.review_page.Review`
+gets decision controls on each row (see :mod:`.review_page`). Also here: what every
+command's pages and tables share (:data:`PAIR_COLUMNS`, :func:`pictures_relative`,
+:func:`write_csv`).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from urllib.parse import quote
 import pandas as pd
 
 from ..io.atomic import atomic_path
+from . import review_page
+from .review_page import Review
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Table:
     note: str = ""
     table_id: str = ""
     empty: str = "nothing to show"
+    review: Review | None = None  # decision controls on each row, for the pair this names
 
 
 @dataclass
@@ -46,6 +51,11 @@ class Report:
     tables: list[Table] = field(default_factory=list)
     lead_picture: str = ""  # e.g. the search's new photo (path relative to the page)
     lead_caption: str = ""
+    run_id: str = ""  # keys the decisions the page stores in the browser; "": a new one at each rendering
+
+    @property
+    def reviewable(self) -> bool:
+        return any(t.review is not None and t.rows for t in self.tables)
 
 
 CSS = """
@@ -156,27 +166,40 @@ def _table(t: Table, n: int) -> str:
         return "\n".join(out)
     # columns blank in every row (no notes, no errors) are left out
     columns = [c for c in t.columns if c.kind == "picture" or any(not _is_blank(r.get(c.key)) for r in t.rows)]
+    # the decision controls come right after the (first) picture, else last
+    at = next((i + 1 for i, c in enumerate(columns) if c.kind == "picture"), len(columns)) if t.review else -1
     out.append(f'<div class="scroll"><table class="sortable" id="{_esc(tid)}"><thead><tr>')
-    for c in columns:
+    for i, c in enumerate(columns):
         dtype = "num" if c.kind in ("num", "int", "prob") else "text"
         if c.kind == "picture":
             out.append(f'<th data-key="{_esc(c.key)}" title="{_esc(c.title)}">{_esc(c.label)}</th>')
         else:
             out.append(f'<th class="sortable" data-type="{dtype}" data-key="{_esc(c.key)}" '
                        f'title="{_esc(c.title or "click to sort")}">{_esc(c.label)}</th>')
+        if i + 1 == at:
+            out.append(review_page.HEADER)
     out.append("</tr></thead><tbody>")
     for row in t.rows:
-        out.append("<tr>" + "".join(_cell(c, row.get(c.key)) for c in columns) + "</tr>")
+        cells = [_cell(c, row.get(c.key)) for c in columns]
+        if t.review:
+            cells.insert(at, review_page.CELL)
+            out.append(f'<tr class="review" {t.review.attributes(row)}>' + "".join(cells) + "</tr>")
+        else:
+            out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</tbody></table></div></section>")
     return "\n".join(out)
 
 
 def render(report: Report) -> str:
+    review = report.reviewable
+    run = report.run_id or review_page.new_run_id()
     parts = [
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_esc(report.title)}</title><style>{CSS}</style></head><body>",
+        f'<meta name="whalematch-run" content="{_esc(run)}">',
+        f"<title>{_esc(report.title)}</title><style>{CSS}{review_page.CSS if review else ''}</style></head>",
+        f'<body data-run="{_esc(run)}"' + (' class="wm-review">' if review else ">"),
         f"<h1>{_esc(report.title)}</h1>",
     ]
     if report.summary:
@@ -186,7 +209,10 @@ def render(report: Report) -> str:
                      f"<figcaption>{_esc(report.lead_caption)}</figcaption></figure>")
     for n, t in enumerate(report.tables, 1):
         parts.append(_table(t, n))
-    parts.append(f"<script>{SCRIPT}</script></body></html>")
+    if review:
+        parts.append(review_page.toolbar())
+    parts.append(f"<script>{SCRIPT}</script>" + (f"<script>{review_page.SCRIPT}</script>" if review else ""))
+    parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
@@ -228,7 +254,7 @@ PAIR_COLUMNS = [
     Column("picture", "match picture (click for full size)", "picture"),
     Column("n_inliers", "inliers", "int", "matches consistent with one affine map"),
     Column("score", "score", "num", "engine score: s / (s + score_scale), s = inliers + mean inlier similarity"),
-    Column("probability", "P(same)", "prob", "calibrated probability of the same whale (even odds)"),
+    Column("probability", "P(same)", "prob", "calibrated probability of the same whale, at the prior stated above"),
     Column("verdict", "verdict"),
     Column("note", "note"),
 ]

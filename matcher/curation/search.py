@@ -12,6 +12,7 @@ from ..errors import WhaleMatchError
 from ..io.catalogue import Photo, comparable
 from . import drawing, report
 from .curator import RESULT_COLUMNS, Curator, PairTask, mirror_side
+from .review_page import Review
 
 CANDIDATE_COLUMNS = ["rank", "image_b", "whale_id"] + [c for c in RESULT_COLUMNS
                                                        if c not in ("image_a", "path_a", "viewpoint_a")]
@@ -113,17 +114,19 @@ def write_tables(result: SearchResult, out: Path) -> list[Path]:
 
 
 def summary_lines(cur: Curator, result: SearchResult, catalogue_source: Path) -> list[str]:
-    """The page's summary: what was searched, duplicates of the query, the base rate to assume, the settings."""
-    n_whales = len(set(result.whale_of.values()))
-    prior_hint = ([f"P(same) is at even odds; for a new photo among {n_whales} whales, --prior {1 / n_whales:.3g} "
-                   "is the more realistic base rate"] if cur.calibration is not None and cur.prior is None
-                  and n_whales > 1 else [])
+    """The page's summary: what was searched, duplicates of the query, the base rate P assumes and why (see
+    :mod:`.priors`), the settings."""
     identical = result.identical
     return [f"new photo {result.query.path}; {len(result.tasks)} catalogue images from {catalogue_source}",
             *([f"the new photo is already in the catalogue as {', '.join(identical)} (identical file)"]
               if identical else []),
-            *prior_hint,
-            *cur.describe()]
+            cur.prior_line(),
+            *cur.describe(prior=False)]
+
+
+def labelled_same(rows: list[dict]) -> int:
+    """Candidates whose verdict reads same whale or probably same whale."""
+    return sum(1 for r in rows if not r.get("error") and r.get("verdict") in ("same whale", "probably same whale"))
 
 
 def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int, out: Path) -> Path:
@@ -146,12 +149,15 @@ def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int,
                        report.Column("images", "images compared", "int"),
                        report.Column("images_verified", "images with P or score >= 0.5", "int")],
             report.pictures_relative(whales[: max(top, 20)], page), table_id="whales",
-            note="each whale scored by its best-matching image"))
+            note="each whale scored by its best-matching image; a decision here is on that image, and shows on "
+                 "its row below too",
+            review=Review("best_image", "whale_id", query_value=result.query.id)))
     cand_cols = [c for c in report.PAIR_COLUMNS if c.key != "image_a"]
     cand_cols.insert(2, report.Column("whale_id", "whale"))
     tables.append(report.Table("Catalogue images", cand_cols, report.pictures_relative(rows[: max(top, 50)], page),
                                table_id="candidates",
                                note=f"best {min(len(rows), max(top, 50))} of {len(rows)}; pictures for the best "
-                                    f"{top} (and for each listed whale's best image)"))
+                                    f"{top} (and for each listed whale's best image)",
+                               review=Review("image_b", "whale_id", query_value=result.query.id)))
     return report.write(report.Report(f"whalematch: candidates for {Path(result.query.id).name}", summary, tables,
                                       report.relative(query_pic, page), f"new photo: {result.query.id}"), page)

@@ -13,6 +13,7 @@ from ..io.catalogue import Photo
 from ..io.tables import read_csv
 from . import report
 from .curator import RESULT_COLUMNS, Curator, PairTask, mirror_side
+from .review_page import Review
 
 TRUE = {"1", "true", "yes", "y", "t"}
 
@@ -90,12 +91,14 @@ def write_results(batch: Batch, path: Path) -> Path:
 
 
 def write_page(cur: Curator, batch: Batch, pairs_csv: Path, pictures: int, page: Path) -> Path:
-    """The review page: every pair, best first, with its picture."""
-    ranked = [batch.rows[i] for i in batch.order]
+    """The review page: every pair, best first, with its picture and decision controls (image B's whale, when the
+    metadata names it, is the candidate whale of a decision)."""
+    ranked = [{**batch.rows[i], "whale_b": batch.tasks[i].b.whale_id} for i in batch.order]
     summary = [f"{len(batch.tasks)} pairs from {pairs_csv.name}; {batch.errors} could not be verified",
-               *cur.describe()]
+               cur.prior_line(), *cur.describe(prior=False)]
     if pictures < len(batch.tasks):
         summary.append(f"pictures for the best {pictures} pairs (--pictures)")
     columns = report.PAIR_COLUMNS + [report.Column("error", "error")]
-    table = report.Table("Pairs", columns, report.pictures_relative(ranked, page), table_id="pairs")
+    table = report.Table("Pairs", columns, report.pictures_relative(ranked, page), table_id="pairs",
+                         review=Review("image_b", "whale_b", query="image_a"))
     return report.write(report.Report("whalematch: pair verification", summary, [table]), page)

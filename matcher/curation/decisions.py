@@ -1,0 +1,475 @@
+"""Decisions from the review page back into the catalogue (``whalematch apply-decisions``).
+
+A decisions CSV (the page's export: ``query_image, candidate_image, candidate_whale, decision, comment,
+reviewer, time``) says, pair by pair, same whale, different whales or not sure. Applied to a metadata
+CSV they give a new one:
+
+* a photo without a whale id (a search's new photo, or a catalogue photo with a blank whale_id)
+  decided the same as a photo of whale W gets W; a new photo becomes a new row (image id from its file
+  name, its path relative to the new file's folder, copied into ``--photo-dir`` when it lies outside;
+  viewpoint ``top`` when every photo it was confirmed with is a top view, else left blank);
+* two photos of whales W1 and W2 decided the same merge W1 and W2 (the audit's case): the id with more
+  photos is kept (on a tie the smaller id), every photo of the other is relabelled;
+* "different" and "not sure" change nothing; a "different" between two photos of one whale (an
+  isolated image's pair) is logged as a label to look at.
+
+Images are named by catalogue image id; a new photo by its file, as the search was given it: an
+absolute path, or one relative to the working folder, the decisions file's folder or the catalogue's.
+
+Contradictions are refused, naming the rows: a pair decided both same and different; a photo without a
+whale id decided the same as photos of two different whales (decide the two catalogue photos the same
+to merge them first); a "different" between photos whose whales the decisions put together.
+Every change (and every decision that changes nothing, with why) goes to a log. No image is matched or
+verified: verdicts are cached by the photos' contents, so a search or audit on the new catalogue
+reuses every cached verdict.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from ..errors import DataError
+from ..io.atomic import atomic_path
+from ..io.catalogue import Photo, read_photos
+from ..io.tables import read_csv, safe_join
+from .review_page import DECISIONS, EXPORT_COLUMNS
+
+SAME, DIFFERENT, UNSURE = DECISIONS
+WORDS = {"same": SAME, "same whale": SAME, "yes": SAME, "different": DIFFERENT, "different whale": DIFFERENT,
+         "different whales": DIFFERENT, "no": DIFFERENT, "not sure": UNSURE, "unsure": UNSURE, "?": UNSURE,
+         "": ""}
+LOG_COLUMNS = ["action", "image_id", "whale_before", "whale_after", "decisions", "detail"]
+MAX_LISTED = 20  # problems listed in one error message
+
+
+@dataclass(frozen=True)
+class Decision:
+    where: str  # "FILE line N"
+    query: str
+    candidate: str
+    candidate_whale: str = ""
+    decision: str = ""  # same | different | not sure | "" (a comment alone)
+    comment: str = ""
+    reviewer: str = ""
+    time: str = ""
+
+
+def read_decisions(paths: list[Path]) -> list[Decision]:
+    """The decisions of one or more CSV files (the page's export); :class:`DataError` naming the file and lines
+    of a missing column, a blank image or a decision that is not same, different or not sure."""
+    out = []
+    for path in paths:
+        path = Path(path)
+        df = read_csv(path, ("query_image", "candidate_image", "decision"), nonblank=("query_image", "candidate_image"))
+        optional = [c for c in EXPORT_COLUMNS if c not in df.columns]
+        for c in optional:
+            df[c] = ""
+        words = df["decision"].str.strip().str.lower().str.replace(r"[\s_-]+", " ", regex=True)
+        unknown = ~words.isin(WORDS)
+        if unknown.any():
+            lines = ", ".join(f"{i + 2} ({df['decision'][i]!r})" for i in df.index[unknown][:MAX_LISTED])
+            raise DataError(f"{path}: decision must be same, different or not sure; line(s) {lines}")
+        for i, row in zip(df.index, df.to_dict("records")):
+            out.append(Decision(f"{path} line {i + 2}", row["query_image"], row["candidate_image"],
+                                str(row["candidate_whale"]).strip(), WORDS[words[i]], str(row["comment"]).strip(),
+                                str(row["reviewer"]).strip(), str(row["time"]).strip()))
+    return out
+
+
+@dataclass
+class Catalogue:
+    path: Path  # the metadata CSV
+    photos: dict[str, Photo]
+    table: pd.DataFrame  # the CSV as written (strings), rows and columns kept for writing back
+
+    @classmethod
+    def read(cls, path: Path) -> "Catalogue":
+        path = Path(path)
+        photos = read_photos(path)
+        table = read_csv(path, ("image_id", "path", "whale_id"), nonblank=())
+        return cls(path, photos, table)
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+    def whale_counts(self) -> Counter:
+        return Counter(p.whale_id for p in self.photos.values() if p.whale_id)
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One side of a decision: a catalogue photo (``image_id``) or a new photo (its file)."""
+
+    image_id: str = ""
+    file: Path | None = None
+
+    @property
+    def new(self) -> bool:
+        return not self.image_id
+
+    def name(self) -> str:
+        return self.image_id or str(self.file)
+
+
+@dataclass
+class NewPhoto:
+    file: Path
+    whale_id: str
+    viewpoint: str
+    where: list[str]
+    image_id: str = ""  # chosen when applied
+    path: str = ""  # relative to the new metadata's folder, when applied
+
+
+@dataclass
+class Change:
+    action: str  # merge | label | add | no change
+    image_id: str
+    whale_before: str
+    whale_after: str
+    decisions: str
+    detail: str = ""
+
+    def line(self) -> str:
+        what = {"merge": f"{self.whale_before} -> {self.whale_after}", "label": f"-> {self.whale_after}",
+                "add": f"new row, whale {self.whale_after}"}.get(self.action, "")
+        return f"{self.action}: {self.image_id} {what}".rstrip() + f"  ({self.detail}; {self.decisions})"
+
+
+@dataclass
+class Plan:
+    changes: list[Change] = field(default_factory=list)  # what the new catalogue changes, in order
+    notes: list[Change] = field(default_factory=list)  # decisions that change nothing, and why
+    merged: dict[str, str] = field(default_factory=dict)  # whale id -> the id kept for it
+    labels: dict[str, str] = field(default_factory=dict)  # unlabelled catalogue photo -> whale id
+    new_photos: list[NewPhoto] = field(default_factory=list)
+    counts: Counter = field(default_factory=Counter)  # decisions read, by decision
+
+
+class _Union:
+    def __init__(self):
+        self.parent: dict = {}
+
+    def find(self, x):
+        self.parent.setdefault(x, x)
+        while self.parent[x] != x:
+            self.parent[x] = self.parent[self.parent[x]]
+            x = self.parent[x]
+        return x
+
+    def join(self, a, b) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
+def _where(ds) -> str:
+    return "; ".join(d.where for d in ds)
+
+
+def _path_of_edges(edges: list[tuple[str, str, Decision]], start: str, goal: str) -> list[Decision]:
+    """The decisions along a shortest chain of merges from whale ``start`` to whale ``goal``."""
+    nbrs = defaultdict(list)
+    for a, b, d in edges:
+        nbrs[a].append((b, d))
+        nbrs[b].append((a, d))
+    back = {start: None}
+    queue = [start]
+    while queue:
+        w = queue.pop(0)
+        if w == goal:
+            break
+        for n, d in nbrs[w]:
+            if n not in back:
+                back[n] = (w, d)
+                queue.append(n)
+    chain, w = [], goal
+    while back.get(w):
+        w, d = back[w]
+        chain.append(d)
+    return chain[::-1]
+
+
+class Resolver:
+    """Names in a decisions file to catalogue photos or new photo files."""
+
+    def __init__(self, cat: Catalogue, bases: list[Path]):
+        self.cat = cat
+        self.bases = bases
+        self.by_path = {}
+        for i, p in cat.photos.items():  # by the path as written and by the file it leads to (links followed)
+            for key in (os.path.abspath(p.path), os.path.realpath(p.path)):
+                self.by_path.setdefault(os.path.normcase(key), i)
+
+    def file(self, value: str) -> Path | None:
+        """The file a name leads to (absolute, links kept: a photo linked into the catalogue's folder stays there)."""
+        p = Path(value).expanduser()
+        for c in [p] if p.is_absolute() else [b / p for b in self.bases]:
+            if c.is_file():
+                return Path(os.path.abspath(c))
+        return None
+
+    def __call__(self, value: str) -> Ref | None:
+        if value in self.cat.photos:
+            return Ref(image_id=value)
+        f = self.file(value)
+        if f is None:
+            return None
+        known = self.by_path.get(os.path.normcase(str(f))) or self.by_path.get(os.path.normcase(os.path.realpath(f)))
+        if known:
+            return Ref(image_id=known)
+        same_name = self.cat.photos.get(f.stem)  # added by an earlier apply-decisions (a copy of this file)
+        if same_name is not None and same_name.path.is_file() and _same_bytes(same_name.path, f):
+            return Ref(image_id=same_name.id)
+        return Ref(file=f)
+
+
+def _same_bytes(a: Path, b: Path) -> bool:
+    try:
+        return a.stat().st_size == b.stat().st_size and a.read_bytes() == b.read_bytes()
+    except OSError:
+        return False
+
+
+def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path]) -> Plan:
+    """What the decisions change in the catalogue; :class:`DataError` listing every unknown image and every
+    contradiction (nothing is changed then)."""
+    plan = Plan(counts=Counter(d.decision or "comment only" for d in decisions))
+    resolve = Resolver(cat, bases)
+    problems: list[str] = []
+    pairs: dict[frozenset, list[tuple[Decision, Ref, Ref]]] = defaultdict(list)
+    for d in decisions:
+        c = resolve(d.candidate)
+        q = resolve(d.query)
+        if c is None or c.new:
+            problems.append(f"{d.where}: candidate_image {d.candidate!r} is not an image of {cat.path}")
+            continue
+        if q is None:
+            problems.append(f"{d.where}: query_image {d.query!r} is neither an image id of {cat.path} nor an image "
+                            f"file (looked in {', '.join(str(b) for b in resolve.bases)})")
+            continue
+        shown, actual = d.candidate_whale, cat.photos[c.image_id].whale_id
+        if shown and shown != actual:
+            plan.notes.append(Change("no change", c.image_id, shown, actual, d.where,
+                                     f"the page showed whale {shown}, the catalogue says {actual!r}: the catalogue's "
+                                     "label is used"))
+        if d.decision not in (SAME, DIFFERENT):
+            continue
+        if q == c:
+            plan.notes.append(Change("no change", c.image_id, "", "", d.where, "a photo decided against itself"))
+            continue
+        pairs[frozenset((q, c))].append((d, q, c))
+    if problems:
+        raise DataError(_problems("unknown images", problems))
+
+    def whale(ref: Ref) -> str:
+        return "" if ref.new else cat.photos[ref.image_id].whale_id
+
+    same, different = [], []
+    for group in pairs.values():
+        kinds = {d.decision for d, _, _ in group}
+        if kinds == {SAME, DIFFERENT}:
+            q, c = group[0][1], group[0][2]
+            said = {k: _where(d for d, _, _ in group if d.decision == k) for k in kinds}
+            problems.append(f"{q.name()} and {c.name()} are decided same ({said[SAME]}) and different "
+                            f"({said[DIFFERENT]})")
+            continue
+        (same if SAME in kinds else different).append(group)
+
+    # merges: same whale decided for photos of two whales
+    merges = _Union()
+    edges = []
+    for group in same:
+        d, q, c = group[0]
+        wq, wc = whale(q), whale(c)
+        if wq and wc and wq != wc:
+            merges.join(wq, wc)
+            edges.extend((wq, wc, g[0]) for g in group)
+        elif wq and wq == wc:
+            plan.notes.append(Change("no change", q.image_id, wq, wq, _where(g[0] for g in group),
+                                     f"confirms the label: same whale as {c.image_id}"))
+    counts = cat.whale_counts()
+    components = defaultdict(set)
+    for w in list(merges.parent):
+        components[merges.find(w)].add(w)
+    for ws in components.values():
+        kept = min(ws, key=lambda w: (-counts[w], w))
+        for w in ws - {kept}:
+            plan.merged[w] = kept
+
+    def final(w: str) -> str:
+        return plan.merged.get(w, w)
+
+    # photos without a whale id: joined to each other by same decisions, and to whales
+    loose = _Union()
+    links: dict[Ref, dict[str, list[Decision]]] = defaultdict(lambda: defaultdict(list))
+    for group in same:
+        d, q, c = group[0]
+        wq, wc = whale(q), whale(c)
+        if not wq and not wc:
+            loose.join(q, c)
+    for group in same:
+        d, q, c = group[0]
+        wq, wc = whale(q), whale(c)
+        for a, wb in ((q, wc), (c, wq)):
+            if not whale(a) and wb:
+                links[loose.find(a)][final(wb)].extend(g[0] for g in group)
+    members = defaultdict(set)
+    for group in same:
+        for ref in (group[0][1], group[0][2]):
+            if not whale(ref):
+                members[loose.find(ref)].add(ref)
+    assigned: dict[Ref, str] = {}
+    for root, refs in members.items():
+        found = links.get(root, {})
+        names = ", ".join(sorted(r.name() for r in refs))
+        if len(found) > 1:
+            problems.append(f"{names} (no whale id) is decided the same as " + " and as ".join(
+                f"whale {w} ({_where(ds)})" for w, ds in sorted(found.items())) +
+                "; decide two photos of those whales the same to merge them first")
+        elif not found:
+            plan.notes.append(Change("no change", names, "", "", "", "decided the same only as photos without a "
+                                     "whale id: nothing to assign"))
+        else:
+            w = next(iter(found))
+            for r in refs:
+                assigned[r] = w
+    # different: a contradiction when the decisions put the two photos' whales together
+    for group in different:
+        d, q, c = group[0]
+        rows = _where(g[0] for g in group)
+        wq, wc = whale(q), whale(c)
+        fq = final(wq) if wq else assigned.get(q, "")
+        fc = final(wc) if wc else assigned.get(c, "")
+        together = (fq and fq == fc) or (not wq and not wc and loose.find(q) == loose.find(c))
+        if wq and wq == wc:
+            plan.notes.append(Change("no change", f"{q.image_id} / {c.image_id}", wq, wq, rows,
+                                     f"both labelled {wq} but decided different: one label may be wrong; not changed"))
+        elif together:
+            why = (f"merges join {wq} and {wc} ({_where(_path_of_edges(edges, wq, wc))})" if wq and wc else
+                   f"the decisions make both whale {fq or 'one whale'}")
+            problems.append(f"{q.name()} and {c.name()} are decided different ({rows}), but {why} (a photo under "
+                            "the wrong whale id is corrected by hand in the metadata, not by merging)")
+        else:
+            plan.notes.append(Change("no change", q.name(), fq, fq, rows, f"different from {c.name()}"))
+    if problems:
+        raise DataError(_problems("contradictory decisions", problems))
+
+    for w, kept in sorted(plan.merged.items()):
+        ds = _path_of_edges(edges, w, kept)
+        detail = (f"whales {w} and {kept} decided the same; kept {kept} ({counts[kept]} photos) over {w} "
+                  f"({counts[w]} photos{', a tie: the smaller id is kept' if counts[w] == counts[kept] else ''})")
+        for p in cat.photos.values():
+            if p.whale_id == w:
+                plan.changes.append(Change("merge", p.id, w, kept, _where(ds), detail))
+    for ref, w in sorted(assigned.items(), key=lambda kv: kv[0].name()):
+        ds = [d for root in [loose.find(ref)] for d in links[root][w]]
+        views = {cat.photos[d_ref].viewpoint for d_ref in _partners(ds, resolve, cat)}
+        if ref.new:
+            plan.new_photos.append(NewPhoto(ref.file, w, "top" if views == {"top"} else "", [d.where for d in ds]))
+        else:
+            plan.labels[ref.image_id] = w
+            plan.changes.append(Change("label", ref.image_id, "", w, _where(ds), f"decided the same as whale {w}"))
+    return plan
+
+
+def _partners(ds: list[Decision], resolve: Resolver, cat: Catalogue) -> list[str]:
+    """The labelled catalogue photos of decisions (the side with a whale id)."""
+    out = []
+    for d in ds:
+        for v in (d.candidate, d.query):
+            r = resolve(v)
+            if r is not None and not r.new and cat.photos[r.image_id].whale_id:
+                out.append(r.image_id)
+    return out
+
+
+def _problems(what: str, problems: list[str]) -> str:
+    more = f"\n  ... and {len(problems) - MAX_LISTED} more" if len(problems) > MAX_LISTED else ""
+    return f"{len(problems)} {what}; nothing was written:\n  " + "\n  ".join(problems[:MAX_LISTED]) + more
+
+
+def _inside(path: Path, folder: Path) -> str | None:
+    """``path`` relative to ``folder`` (POSIX) when inside it, else None."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    return None if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel) else Path(rel).as_posix()
+
+
+def apply(plan: Plan, cat: Catalogue, output: Path, photo_dir: Path, dry_run: bool = False) -> pd.DataFrame:
+    """The new metadata table: whale ids merged and assigned, a row per new photo (copied into ``photo_dir`` when
+    outside the new file's folder, unless ``dry_run``), paths relative to ``output``'s folder."""
+    out_dir = Path(output).parent
+    if _inside(photo_dir, out_dir) is None:
+        raise DataError(f"--photo-dir {photo_dir} is not inside the folder of {output}: the catalogue could not "
+                        "read its photos")
+    table = cat.table.copy()
+    if len(table) and os.path.abspath(out_dir) != os.path.abspath(cat.folder):
+        def moved(row) -> str:
+            if row["image_id"] in cat.photos:
+                target = cat.photos[row["image_id"]].path
+            elif row["path"]:
+                target = safe_join(cat.folder, row["path"], cat.path)
+            else:
+                return row["path"]
+            rel = _inside(target, out_dir)
+            if rel is None:
+                raise DataError(f"{output}: the catalogue's photo {target} is not inside that folder; write the new "
+                                f"metadata into {cat.folder} or a folder above its photos")
+            return rel
+        table["path"] = table.apply(moved, axis=1)
+    table["whale_id"] = table["whale_id"].map(lambda w: plan.merged.get(w, w))
+    labelled = table["image_id"].isin(plan.labels.keys())
+    table.loc[labelled, "whale_id"] = table.loc[labelled, "image_id"].map(plan.labels)
+    taken = set(table["image_id"])
+    rows = []
+    for n in plan.new_photos:
+        stem, k = n.file.stem, 2
+        n.image_id = stem
+        while n.image_id in taken:
+            n.image_id, k = f"{stem}-{k}", k + 1
+        taken.add(n.image_id)
+        rel = _inside(n.file, out_dir)
+        detail = f"new photo {n.file}"
+        if rel is None:
+            target = Path(photo_dir) / f"{n.image_id}{n.file.suffix.lower()}"
+            if target.exists() and not _same_bytes(target, n.file):
+                raise DataError(f"{target} exists and is another file; cannot copy the new photo {n.file} there")
+            if not dry_run and not target.exists():
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(n.file, target)
+                except OSError as exc:
+                    raise DataError(f"cannot copy the new photo {n.file} to {target} ({exc.strerror or exc})") from None
+            rel = _inside(target, out_dir)
+            detail += f", copied to {target}"
+        n.path = rel
+        if n.image_id != stem:
+            detail += f" (image id {stem} was taken)"
+        detail += f"; viewpoint {n.viewpoint}" if n.viewpoint else "; viewpoint unknown (left blank)"
+        row = {c: "" for c in table.columns}
+        row.update(image_id=n.image_id, path=rel, whale_id=n.whale_id)
+        if "viewpoint" in table.columns:
+            row["viewpoint"] = n.viewpoint
+        rows.append(row)
+        plan.changes.append(Change("add", n.image_id, "", n.whale_id, "; ".join(n.where), detail))
+    if rows:
+        table = pd.concat([table, pd.DataFrame(rows, columns=table.columns)], ignore_index=True)
+    return table
+
+
+def write(table: pd.DataFrame, plan: Plan, output: Path, log_path: Path, backup: Path | None = None) -> None:
+    """The new metadata (atomically; ``backup``: a copy of the file it replaces) and the log of changes."""
+    try:
+        if backup is not None and Path(output).exists():
+            shutil.copy2(output, backup)
+        with atomic_path(Path(output), suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False)
+        with atomic_path(Path(log_path), suffix=".csv") as tmp:
+            pd.DataFrame([c.__dict__ for c in plan.changes + plan.notes], columns=LOG_COLUMNS).to_csv(tmp, index=False)
+    except OSError as exc:
+        raise DataError(f"cannot write {exc.filename or output} ({exc.strerror or exc})") from None
