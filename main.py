@@ -107,10 +107,11 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["database", "none"],
                    help="database: also verify the pairs within each scenario's database and re-rank each query's "
                         "candidates with them; none: stage-1 scores only ($WHALEMATCH_RERANK)")
-    p.add_argument("--pair-score", default=value("PAIR_SCORE", lambda v: _choice(v, PAIR_SCORES), "strength"),
+    p.add_argument("--pair-score", default=value("PAIR_SCORE", lambda v: _choice(v, PAIR_SCORES), "auto"),
                    choices=list(PAIR_SCORES),
-                   help="stage 1's pair score: strength (inliers and their similarity) or learned (the pair model: "
-                        "the verdict's evidence and the photos' dates and viewpoints) ($WHALEMATCH_PAIR_SCORE)")
+                   help="stage 1's pair score: learned (the pair model's P(same whale) from the verdict's evidence and "
+                        "the photos' dates and viewpoints), strength (inliers and their similarity), or auto: learned "
+                        "where the preset has a pair model ($WHALEMATCH_PAIR_SCORE)")
     p.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
                    help="the learned pair model's file; default: weights/pair-model-PRESET.json "
                         "($WHALEMATCH_PAIR_MODEL)")

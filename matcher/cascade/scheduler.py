@@ -59,7 +59,7 @@ class CascadeSettings:
     stage2: str | None = "auto"  # stage-2 matcher: auto (the preset's default), none, or a registered name
     stage2_mode: str = "max"  # how stage 2's candidates are ordered (see ranking.final_ranking)
     global_descriptor: str = "auto"  # stage-0 descriptor: auto (the preset's default) or a preset name
-    pair_score: str = "strength"  # stage 1's pair score: strength (the verdict's) or learned (scoring.py)
+    pair_score: str = "auto"  # stage 1's pair score: strength (the verdict's), learned, or auto (scoring.py)
     pair_model: str | None = None  # the learned pair model's file (None: the preset's, from the weights folders)
     rerank: bool = False  # re-rank with every verified pair of each scenario's database
     rerank_weight: float = reranking.DEFAULT_WEIGHT

@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import Engine
+from ..errors import WeightsError
 from ..pairs.model import PairModel, for_preset
 
 log = logging.getLogger(__name__)
-PAIR_SCORES = ("strength", "learned")
+PAIR_SCORES = ("auto", "strength", "learned")
 
 Scorer = Callable[[list[tuple[str, str]], list[dict]], np.ndarray]
 
@@ -41,13 +42,20 @@ class LearnedScorer:
 
 def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = None,
                 model_path: Path | None = None) -> Scorer:
-    """The pair score ``name`` (:data:`PAIR_SCORES`); ``metadata``: per content hash, ``date`` and
-    ``viewpoint`` of the photo (what the learned model reads besides the verdict)."""
+    """The pair score ``name`` (:data:`PAIR_SCORES`; ``auto``: learned where the preset has a usable pair model,
+    else strength); ``metadata``: per content hash, ``date`` and ``viewpoint`` of the photo (what the learned
+    model reads besides the verdict)."""
     if name == "strength":
         return verdict_scores
-    if name != "learned":
+    if name not in PAIR_SCORES:
         raise ValueError(f"unknown pair score {name!r}; choose one of {', '.join(PAIR_SCORES)}")
-    model = for_preset(engine.name, engine.settings_key, model_path)
+    try:
+        model = for_preset(engine.name, engine.settings_key, model_path)
+    except WeightsError as exc:
+        if name == "learned":
+            raise
+        log.info("pair score: strength (%s)", exc)
+        return verdict_scores
     log.info("pair score: %s (%d features%s)", model.source, len(model.features),
              ", metadata too" if model.uses_metadata else "")
     return LearnedScorer(model, metadata)
