@@ -26,8 +26,11 @@ log = logging.getLogger("pair_dataset")
 
 
 def sample_pairs(photos: list[Photo], shas: dict[str, str], engine: Engine, seed: int = 0, similar: int = 15,
-                 same_date: int = 5, random_share: int = 5) -> pd.DataFrame:
-    """Pairs of usable photos (``image_a < image_b``) with ``label`` (same whale) and ``kind`` (why sampled)."""
+                 same_date: int = 0, random_share: int = 5) -> pd.DataFrame:
+    """Pairs of usable photos (``image_a < image_b``) with ``label`` (same whale) and ``kind`` (why sampled):
+    per photo, ``similar`` different-whale photos most like it by stage 0, ``same_date`` of other whales taken
+    the same day (0: none; they over-represent date confounders against what a ranking meets) and
+    ``random_share`` random ones."""
     rng = np.random.default_rng(seed)
     usable = sorted((p for p in photos if p.id in shas), key=lambda p: p.id)
     index = {p.id: i for i, p in enumerate(usable)}
@@ -74,6 +77,8 @@ def sample_pairs(photos: list[Photo], shas: dict[str, str], engine: Engine, seed
 def feature_table(pairs: pd.DataFrame, photos: dict[str, Photo], shas: dict[str, str], engine: Engine
                   ) -> pd.DataFrame:
     """The pairs with their verdicts' strength and every feature of the pair model (metadata included)."""
+    if pairs.empty:
+        return pairs.assign(**{n: [] for n in feature_names(True)})
     keys = [canonical(shas[a], shas[b]) for a, b in zip(pairs["image_a"], pairs["image_b"])]
     verdicts = engine.verdicts(set(keys))
     names = feature_names(True)

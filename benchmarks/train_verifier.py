@@ -52,8 +52,6 @@ PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_d
 ROUNDS = 400
 BLANK_SHARE = 0.2  # of the training rows, this share has its metadata withheld: the model learns to do without
 INCREASING = ("strength", "n_inliers")  # more inliers never lowers P(same whale)
-
-
 def fit(table: pd.DataFrame, names: list[str], seed: int) -> str:
     """LightGBM trees on ``table``'s rows (features ``names``, target ``label``); LightGBM's model text."""
     import lightgbm
@@ -195,8 +193,13 @@ def main(argv=None) -> int:
     p.add_argument("--labels", type=Path, default=REPO / "data" / "dev_labels.csv")
     p.add_argument("--out", type=Path, default=None, help="where to write the shipped model (default: nowhere)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--similar", type=int, default=15, help="hard negatives per photo: other whales most like it")
+    p.add_argument("--random", type=int, default=5, help="random negatives per photo")
+    p.add_argument("--same-date", type=int, default=0, help="negatives per photo taken the same day (other whales)")
     p.add_argument("--skip-scenarios", action="store_true", help="pair-level figures only")
     p.add_argument("--append", type=Path, default=None, help="append the tables to this Markdown file")
+    p.add_argument("--submissions", type=Path, default=None,
+                   help="keep each variant's out-of-fold submission (all scenarios) in this folder")
     args = p.parse_args(argv)
     config.setup_logging(False)
     preset = presets.variant(args.preset, args.set)
@@ -206,7 +209,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     shas, bad = engine.prepare({i: p.path for i, p in photos.items()})
     t_features = time.perf_counter() - t0
-    pairs = pair_dataset.sample_pairs(list(photos.values()), shas, engine, args.seed)
+    pairs = pair_dataset.sample_pairs(list(photos.values()), shas, engine, args.seed, args.similar, args.same_date,
+                                      args.random)
     log.info("%d pairs (%s)", len(pairs), ", ".join(f"{k} {v}" for k, v in pairs["kind"].value_counts().items()))
     t0 = time.perf_counter()
     table = pair_dataset.feature_table(pairs, photos, shas, engine)
@@ -230,14 +234,19 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="whalematch-oof-") as tmp:
             subs = scenario_oof(table, photos, args, preset, Path(tmp))
         ranking = {name: evaluation.score_by_type(sub, labels, queries) for name, sub in subs.items()}
+        if args.submissions:
+            args.submissions.mkdir(parents=True, exist_ok=True)
+            for name, sub in subs.items():
+                sub.to_csv(args.submissions / (name.replace(":", "").replace(",", "").replace(" ", "-") + ".csv"),
+                           index=False)
         lines += ["", markdown(ranking)]
     names = feature_names(True)
     model = PairModel(names, engine.settings_key, fit(table, names, args.seed))
     importance = dict(zip(names, model.booster.feature_importance("gain")))
     top = sorted(importance.items(), key=lambda kv: -kv[1])
     total = sum(importance.values()) or 1.0
-    lines.append("Feature importance (share of the gain, shipped model): "
-                 + ", ".join(f"{k} {v / total:.3f}" for k, v in top[:12]))
+    lines += ["", "Feature importance (share of the gain, shipped model): "
+              + ", ".join(f"{k} {v / total:.3f}" for k, v in top[:12])]
     cal = calibration(held, preset, engine.settings_key)
     lines.append(f"P(same whale) at even odds, isotonic on the held-out predictions: ECE {cal.heldout['ece']} "
                  f"(raw model {cal.heldout['raw_model_ece']}), Brier {cal.heldout['brier']} (each fold calibrated "

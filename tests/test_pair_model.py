@@ -83,6 +83,8 @@ def test_metadata_features_and_missing_metadata():
                              ) == [2.0, 0.0, 1.0, 0.0]
     assert metadata_features({"date": "2017-08-01", "viewpoint": "left"}, {"date": "2017-08-01", "viewpoint": "right"}
                              ) == [0.0, 1.0, 1.0, 3.0]
+    assert metadata_features({"date": "2017-08-01", "viewpoint": "top"}, {"date": "2019-07-20", "viewpoint": "left"}
+                             ) == [718.0, 0.0, 0.0, 1.0]
     missing = metadata_features({"viewpoint": "top"}, None)
     assert all(math.isnan(v) for v in missing)
 
@@ -135,7 +137,7 @@ def test_pair_model_files_that_cannot_be_used_are_refused(tmp_path):
 def test_main_ranks_with_a_learned_model_and_refuses_one_made_for_other_settings(tmp_path):
     """A model trained (here, on generated whales) for the engine's own verdict settings ranks each
     query's whale first through main.py; asked for without a usable model, main.py stops with a message."""
-    lightgbm = pytest.importorskip("lightgbm")
+    pytest.importorskip("lightgbm")
     from conftest import run_main
     from scenario_factory import loo_and_split
     from toy_model import fit_toy_model
