@@ -100,5 +100,16 @@ BENCH_ARGS ?=
 bench:
 	$(PY) benchmarks/pair_throughput.py --images $(BENCH_IMAGES) --json benchmarks/results/pair_throughput.json $(BENCH_ARGS)
 
+## bench-ray: pair verification on the Ray backend (1, 2, 3 nodes of Ray's multi-node harness on this machine) against
+##            the local backend on the same pairs of DEV_DIR's photos (features from CACHE_DIR): pairs/s, the overhead
+##            of Ray, each node's share, verdicts compared; then the projected audit of a 30,000-photo catalogue on
+##            1, 8 and 32 nodes of 6 CPUs + 1 GPU. Needs the ray extra (pip install -e '.[ray]'); RAY_BENCH_ARGS adds
+##            options, e.g. RAY_BENCH_ARGS='--n-images 96 --clusters 1x2,2x1,3x1'
+RAY_BENCH_ARGS ?=
+.PHONY: bench-ray
+bench-ray:
+	$(PY) benchmarks/ray_scaling.py --images $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
+		--json benchmarks/results/ray_scaling.json $(RAY_BENCH_ARGS)
+
 clean:
 	rm -rf $(RUNTIME) $(SUB_DIR)/submission.zip $(SUB_DIR)/log.txt

@@ -7,8 +7,10 @@ name; writes one CSV with columns query_id,database_image_id,score (at most 20 r
 query, best first). Candidates go through the shortlist cascade (stage 0 global
 descriptor, stage 1 MNN + RANSAC, re-ranking with each scenario's database, stage 2 an
 expensive matcher, off unless --stage2 names one), all sized to end within the time budget
-(counted from the start of this script); the plan is logged. An option whose help names
-$WHALEMATCH_<NAME> takes its default from that environment variable.
+(counted from the start of this script); the plan is logged. With --backend ray the features are
+extracted and the pairs verified on a Ray cluster (this process still writes the caches and the
+submission, which is the same as the local run's). An option whose help names $WHALEMATCH_<NAME>
+takes its default from that environment variable.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matcher import config, presets  # noqa: E402
+from matcher import backends, config, presets  # noqa: E402
 from matcher.cascade import STAGE2_FACTORIES, CascadeSettings  # noqa: E402
 from matcher.cascade.ranking import STAGE2_MODES  # noqa: E402
 from matcher.cascade.scoring import PAIR_SCORES  # noqa: E402
@@ -82,16 +84,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="features and verdicts kept between runs ($WHALEMATCH_CACHE_DIR)")
     p.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
     p.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu or cuda[:N] ($WHALEMATCH_DEVICE)")
-    p.add_argument("--workers", type=_arg(config.workers), default=value("WORKERS", config.workers, None),
+    p.add_argument("--workers", type=config.arg_type(config.workers), default=value("WORKERS", config.workers, None),
                    help="CPU verification workers; default: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
-    p.add_argument("--time-budget", type=_arg(budget_seconds),
+    p.add_argument("--time-budget", type=config.arg_type(budget_seconds),
                    default=value("TIME_BUDGET", budget_seconds, DEFAULT_BUDGET_S),
                    help="wall-clock seconds the run may take ('none' for no limit): the cascade's K are planned to "
                         "fit, and a guard stops the expensive stages if the run falls behind ($WHALEMATCH_TIME_BUDGET)")
-    p.add_argument("--k1", type=_arg(optional_int), default=value("K1", optional_int, None),
+    p.add_argument("--k1", type=config.arg_type(optional_int), default=value("K1", optional_int, None),
                    help="stage-0 candidates per query that stage 1 verifies; default: planned from the budget "
                         "($WHALEMATCH_K1)")
-    p.add_argument("--k2", type=_arg(optional_int), default=value("K2", optional_int, None),
+    p.add_argument("--k2", type=config.arg_type(optional_int), default=value("K2", optional_int, None),
                    help="stage-1 candidates per query that stage 2 re-scores; default: planned, at most --k2-max "
                         "($WHALEMATCH_K2)")
     p.add_argument("--k2-max", type=int, default=CascadeSettings.k2_max, help="stage 2's K at most")
@@ -118,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     globals_ = ["auto", *sorted(presets.GLOBAL_DESCRIPTORS)]
     p.add_argument("--global-descriptor", default=value("GLOBAL_DESCRIPTOR", lambda v: _choice(v, globals_), "auto"),
                    choices=globals_, help="stage-0 global descriptor ($WHALEMATCH_GLOBAL_DESCRIPTOR)")
+    backends.add_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     return p
@@ -127,17 +130,6 @@ def _choice(text: str, choices) -> str:
     if text not in choices:
         raise ValueError(f"choose one of {', '.join(sorted(choices))}")
     return text
-
-
-def _arg(parse):
-    """``parse`` as an argparse type: its ValueError becomes argparse's own message (exit code 2)."""
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-    convert.__name__ = parse.__name__
-    return convert
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -160,14 +152,15 @@ def main(argv=None) -> int:
         log.info("%d scenarios, %d queries, %d images in metadata", len(challenge.scenarios), n_queries,
                  len(challenge.metadata))
         engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
-                        progress=not args.quiet)
-        log.info("preset %s on %s; caches in %s; time budget %s", args.preset, engine.device,
-                 engine.cache.describe(), "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
+                        progress=not args.quiet, backend=args.backend, ray_address=args.ray_address)
+        log.info("preset %s on %s (%s); caches in %s; time budget %s", args.preset, engine.device,
+                 engine.backend.label, engine.cache.describe(),
+                 "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
         settings = CascadeSettings(k1=args.k1, k2=args.k2, k2_max=args.k2_max, budget_s=args.time_budget,
                                    stage2=args.stage2, stage2_mode=args.stage2_mode,
                                    global_descriptor=args.global_descriptor, rerank=args.rerank == "database",
                                    pair_score=args.pair_score, pair_model=args.pair_model)
-        result = run(challenge, engine, settings, deadline)
+        result = run(challenge, engine, settings, deadline, args.plan_nodes)
         sub, expected = submission_rows(challenge, result, settings.stage2_mode), challenge.expected()
         submission.write(sub, args.output, expected)
     except WhaleMatchError as exc:

@@ -171,10 +171,13 @@ def git_revision() -> str:
 
 
 def describe(args, passthrough: list[str], seconds: float, computed: str) -> str:
-    levers = [f"score `{args.score}`"] + ([f"`--offline-rerank` ({args.rerank_mode}, weight {args.rerank_weight}, hops "
-                                           f"{'until convergence' if args.rerank_hops is None else args.rerank_hops}, "
-                                           f"graph of {'all candidates' if args.rerank_top is None else f'the top {args.rerank_top}'})"]
-                                          if args.offline_rerank else [])
+    offline = args.score != "strength" or args.offline_rerank  # else main.py ranked, with its own --pair-score
+    levers = [f"offline score `{args.score}`" if offline else "main.py's pair score"]
+    if args.offline_rerank:
+        hops = "until convergence" if args.rerank_hops is None else args.rerank_hops
+        graph = "all candidates" if args.rerank_top is None else f"the top {args.rerank_top}"
+        levers.append(f"`--offline-rerank` ({args.rerank_mode}, weight {args.rerank_weight}, hops {hops}, "
+                      f"graph of {graph})")
     if args.scenarios:
         levers.append(f"only scenarios `{args.scenarios}`")
     main_opts = f"main.py options `{' '.join(passthrough)}`" if passthrough else "main.py defaults"

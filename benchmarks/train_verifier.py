@@ -43,7 +43,7 @@ from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries  # noq
 from matcher.engine import Engine  # noqa: E402
 from matcher.io.catalogue import read_photos  # noqa: E402
 from matcher.io.tables import read_csv  # noqa: E402
-from matcher.pairs.model import METADATA_FEATURES, PairModel, feature_names  # noqa: E402
+from matcher.pairs.model import METADATA_FEATURES, PairModel, feature_names, photo_fingerprints  # noqa: E402
 
 log = logging.getLogger("train_verifier")
 PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 40,
@@ -254,6 +254,7 @@ def main(argv=None) -> int:
     model.info = {
         "trained_on": {"catalogue": args.catalogue.name, "photos": len(shas), "pairs": int(len(table)),
                        "positives": int(table["label"].sum()), "pairs_sha256": pair_dataset.digest(table),
+                       "photos_sha256_16": photo_fingerprints(shas.values()),
                        "kinds": {k: int(v) for k, v in table["kind"].value_counts().items()}},
         "params": {**PARAMS, "rounds": ROUNDS, "blank_metadata_share": BLANK_SHARE, "seed": args.seed,
                    "increasing": list(INCREASING)},

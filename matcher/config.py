@@ -8,6 +8,7 @@ code 2. (Stage settings are not configuration: they are named presets, :mod:`mat
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -60,6 +61,17 @@ def positive_int(text: str) -> int:
 def workers(text: str) -> int | None:
     """CPU workers: a whole number of at least 1, or ``0`` / ``auto`` (None: the cores available, at most 8)."""
     return None if str(text).strip().lower() in ("0", "auto") else positive_int(text)
+
+
+def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
+    """``parse`` as an argparse type: its ValueError becomes argparse's own message (exit code 2)."""
+    def convert(text: str) -> T:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import cache, presets
+from . import backends, cache, presets
 from .errors import ImageError
 from .features.stage import FeatureStage, mirror_key
 from .features.store import feature_store
@@ -55,20 +55,27 @@ class Engine:
 
     ``cache_dir=None`` keeps everything in memory. Verdicts of another preset on the same features
     (LightGlue instead of mutual nearest neighbours, say) are asked for with ``preset=``.
+
+    ``backend``: where feature extraction and pair verification run, ``local`` (this process) or
+    ``ray`` (the Ray cluster at ``ray_address``: ``auto``, ``local`` or ``HOST:PORT``), see
+    :mod:`matcher.backends`; either way this process writes the caches and the verdicts are the same.
     """
 
     def __init__(self, preset: str = presets.DEFAULT_PIPELINE, cache_dir: Path | None = None,
                  device: str | None = None, workers: int | None = None, progress: bool = True,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, backend: str = backends.DEFAULT_BACKEND,
+                 ray_address: str | None = None):
         self.conf = presets.resolve(preset)
         self.device = devices.pick(device)
         self.progress = progress
         self.workers = devices.cpu_workers(workers)
+        self.backend = backends.make(backend, ray_address, self.workers, self.device)
         self.cache = cache.CacheLayout(cache_dir)
         self.feature_key = cache.feature_key(self.conf)
         store = feature_store(self.cache.features(self.feature_key),
                               {**self.conf["extractor"], **cache.provenance({"extractor": self.conf["extractor"]})})
         self._features = FeatureStage(self.conf["extractor"], self.device, store, progress, batch_size)
+        self._features.remote = self.backend.remote
         self._verifiers: dict[str, PairVerifier] = {}
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self.image_paths: dict[str, Path] = {}  # content hash -> file, for what needs the pixels
@@ -214,6 +221,7 @@ class Engine:
                 raise ValueError(f"preset {name} uses other features than {self.name}")
             verifier = PairVerifier(conf, self.device, self.verdict_store(cache.verdict_key(conf)), self.workers,
                                     self.progress)
+            verifier.remote = self.backend.remote
             if not verifier.uses_mnn:
                 verifier.lightglue  # noqa: B018 - build the model now: a missing or unfit weight file stops here
             self._verifiers[name] = verifier

@@ -23,3 +23,8 @@ class DeviceError(WhaleMatchError):
 
 class ConfigError(WhaleMatchError):
     """An option or environment variable holds a value that cannot be used."""
+
+
+class BackendError(WhaleMatchError):
+    """The execution backend cannot run: Ray not installed, a cluster unreachable, without CPUs or with other
+    software than this process."""

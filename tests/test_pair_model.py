@@ -13,7 +13,7 @@ from matcher import presets
 from matcher.errors import WeightsError
 from matcher.features import extractors, white_fill
 from matcher.pairs import evidence, mnn, ransac
-from matcher.pairs.model import PairModel, feature_names, feature_row, metadata_features
+from matcher.pairs.model import PairModel, feature_names, feature_row, metadata_features, photo_fingerprints
 
 PRESET = "sift-mnn"
 
@@ -158,12 +158,24 @@ def test_main_ranks_with_a_learned_model_and_refuses_one_made_for_other_settings
     res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path),
                    "--time-budget", "none")
     assert res.returncode == 0, res.stderr
+    assert "in-sample" not in res.stderr  # the model says nothing of its training photos
     import pandas as pd
 
     sub = pd.read_csv(out, dtype=str)
     for qid, rows in sub.groupby("query_id"):
         qimg = qid.split("-", 1)[1]
         assert whale[rows["database_image_id"].iloc[0]] == whale[qimg], rows.head(3)
+    # a model that saw some of the run's photos: the run says its figures on them are in-sample
+    shas, _ = engine.hash_images(paths)
+    seen = sorted(set(shas.values()))[:5]
+    model.info = {"trained_on": {"photos_sha256_16": photo_fingerprints(seen)}}
+    assert model.trained_on(shas.values()) == 5 and model.trained_on(["f" * 64]) == 0
+    model.save(path)
+    res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path),
+                   "--time-budget", "none")
+    assert res.returncode == 0, res.stderr
+    assert f"5 of the {len(set(shas.values()))} images of this run were among the pair model's training photos" \
+        in res.stderr and "in-sample" in res.stderr
     PairModel(model.features, "another+preset-000000000000", model.booster_text).save(tmp_path / "other.json")
     res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model",
                    str(tmp_path / "other.json"))

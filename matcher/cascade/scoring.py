@@ -58,4 +58,9 @@ def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = No
         return verdict_scores
     log.info("pair score: %s (%d features%s)", model.source, len(model.features),
              ", metadata too" if model.uses_metadata else "")
+    seen = model.trained_on(metadata or {})
+    if seen:
+        log.warning("pair score: %d of the %d images of this run were among the pair model's training photos: a "
+                    "score measured on them is in-sample, not a result (the model's out-of-fold figures: its file, "
+                    "benchmarks/RESULTS.md)", seen, len(metadata))
     return LearnedScorer(model, metadata)

@@ -2,24 +2,70 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 
+from ..backends import PLAN_NODES, planner
 from ..cascade import CascadeResult, CascadeSettings, run_cascade
 from ..engine import Engine
+from ..pairs.store import canonical
 from ..timing import Deadline
 from .layout import ChallengeData
 from .submission import SUBMISSION_COLUMNS, TOP_K, distinct_scores
 
+log = logging.getLogger(__name__)
+PILOT_PAIRS = 4096  # candidates of the first queries the pilot may take from
+
 
 def run(data: ChallengeData, engine: Engine, settings: CascadeSettings | None = None,
-        deadline: Deadline | None = None) -> CascadeResult:
-    """Prepare every image (within the deadline when the settings have a budget) and run the cascade."""
+        deadline: Deadline | None = None, plan_nodes=PLAN_NODES) -> CascadeResult:
+    """Prepare every image (within the deadline when the settings have a budget) and run the cascade. On a
+    cluster, the plan (:func:`cluster_plan`, projected to ``plan_nodes`` nodes too) is logged first."""
     settings = settings or CascadeSettings()
     if deadline is None:
         deadline = Deadline(settings.budget_s if settings.budget_s is not None else float("inf"))
     paths, bad = data.image_paths(data.image_ids())
+    if engine.backend.name != "local":
+        for line in cluster_plan(data, engine, paths, settings, plan_nodes):
+            log.info("%s", line)
     shas, _ = engine.prepare(paths, bad, deadline if settings.budget_s is not None else None)
     return run_cascade(engine, data.query_tasks(), shas, settings, deadline, data.photo_metadata())
+
+
+def cluster_plan(data: ChallengeData, engine: Engine, paths: dict, settings: CascadeSettings,
+                 node_counts=PLAN_NODES, seconds: float = planner.PILOT_S) -> list[str]:
+    """The plan of the run on the engine's cluster, before its work: the images to extract, the pairs stage 1
+    and re-ranking verify at most (every candidate of every query, every pair of each scenario's database), a
+    pilot on the first queries' candidates (their features and verdicts are kept), and the projected wall time
+    of all of it. The cascade then fits K1 to the time budget with the rates it measures itself."""
+    shas, _ = engine.hash_images(paths)
+    sha_paths = {sha: paths[i] for i, sha in sorted(shas.items())}
+    candidates, databases, pilot_pairs = 0, {}, []
+    for _, query_image, scenario, database in data.query_tasks():
+        usable = [shas[d] for d in database if d in shas]
+        databases.setdefault(scenario, len(set(usable)))
+        if query_image not in shas:
+            continue
+        mine = [canonical(shas[query_image], sha) for sha in usable if sha != shas[query_image]]
+        candidates += len(mine)
+        if len(pilot_pairs) < PILOT_PAIRS:
+            pilot_pairs += mine
+    database_pairs = sum(n * (n - 1) // 2 for n in databases.values()) if settings.rerank else 0
+    images = sum(1 for sha in sha_paths if not engine.has_features(sha))
+    todo = sorted(set(pilot_pairs[:PILOT_PAIRS]) - engine.cached_pairs(pilot_pairs[:PILOT_PAIRS]))
+
+    def pilot_part(part: list) -> int:
+        engine.features({sha: sha_paths[sha] for pair in part for sha in pair}, progress=False)
+        return len(engine.verdicts(part, progress=False))
+
+    pilot = planner.run_pilot(engine.backend, pilot_part, todo, seconds) if todo else None
+    work = (f"{images:,} of {len(sha_paths):,} images to extract; at most {candidates + database_pairs:,} pairs to "
+            f"verify: {candidates:,} query candidates (every one, K1 = all)"
+            + (f" and {database_pairs:,} database pairs for re-ranking" if settings.rerank else "")
+            + f"; the verdict store holds {engine.stored_verdicts():,} verdicts for these settings (not verified "
+              "again)")
+    return planner.lines(engine.backend, pilot, candidates + database_pairs, images, work, node_counts)
 
 
 def submission_rows(data: ChallengeData, result: CascadeResult, mode: str = "max") -> pd.DataFrame:

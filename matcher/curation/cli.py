@@ -17,31 +17,28 @@ lists each command's options.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import sys
-import textwrap
 import time
 from pathlib import Path
 
-from .. import __version__, presets
-from ..config import default_cache_dir, env, env_value, setup_logging, workers
+from ..config import setup_logging
 from ..engine import Engine
 from ..errors import ConfigError, DataError, WeightsError, WhaleMatchError
 from ..io.catalogue import Photo, load_catalogue, read_photos
 from ..pairs import model as pair_model
-from . import audit, calibrate, decisions, priors, search, verify
+from . import audit, batch, calibrate, cluster, decisions, priors, search, verify
 from . import calibration as calib
-from .curator import Curator, PairTask, mirror_side
+from .curator import Curator, PairTask, mirror_side, pair_task
+from .options import build_parser
 
 log = logging.getLogger("whalematch")
-DEFAULT_OUT = "whalematch-out"
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The descriptions as written, and every option's default in its help."""
+# An audit judges labels that came with their photos' dates: its pairs are scored by their image evidence alone,
+# since the learned pair model reads the dates too (a photo filed under a whale seen the day before would pass).
+AUDIT_SCORE_WHY = ("the image evidence alone, by default: the learned pair model also reads the dates, and photos "
+                   "of one encounter would vouch for each other's labels; --pair-score learned asks for it")
 
 
 # --------------------------------------------------------------------------- shared
@@ -53,7 +50,7 @@ def make_curator(args, calibration_file: Path | None) -> Curator:
     if args.prior is not None and not 0 < args.prior < 1:
         raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
     engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
-                    progress=not args.quiet)
+                    progress=not args.quiet, backend=args.backend, ray_address=args.ray_address)
     model = None
     if args.pair_score != "strength":
         try:
@@ -146,8 +143,12 @@ def cmd_verify_batch(args) -> int:
 
 
 def cmd_search(args) -> int:
-    """A new photo against a catalogue: images and whales ranked, tables and page."""
+    """A new photo against a catalogue: images and whales ranked, tables and page (many photos with --batch)."""
+    if (args.image is None) == (args.batch is None):
+        raise WhaleMatchError("search needs one new photo, or --batch with several (not both)")
     catalogue = verify.apply_subset(load_catalogue(args.catalogue), args.subset)
+    if args.batch is not None:
+        return cmd_search_batch(args, catalogue)
     query = verify.resolve_photo(args.image, None)
     query = Photo(query.id, query.path, (args.viewpoint or "").lower())
     cur = make_curator(args, args.calibration)
@@ -180,6 +181,28 @@ def cmd_search(args) -> int:
     return 0
 
 
+def cmd_search_batch(args, catalogue: list[Photo]) -> int:
+    """Several new photos against a catalogue: every pair verified in one go, each photo ranked on its own."""
+    queries = batch.read_new_photos(args.batch, args.viewpoint)
+    cur = make_curator(args, args.calibration)
+    tasks = batch.batch_tasks(queries, catalogue, args.mirror, args.all_views)
+    n_tasks = sum(len(t) for t in tasks.values())
+    print(f"searching {len(queries)} new photos from {args.batch} against {len(catalogue)} catalogue images "
+          f"({n_tasks} pairs); {cur.extraction_line(queries + catalogue)}", file=sys.stderr)
+    if cluster.wanted(cur, [t for ts in tasks.values() for t in ts]):
+        print("\n".join(cluster.plan_lines(cur, [t for ts in tasks.values() for t in ts], args.plan_nodes)))
+    sys.stdout.flush()
+    summary, path = batch.search_batch(cur, queries, tasks, catalogue, args)
+    print(f"best catalogue image of each new photo ({cur.engine.verified()} pairs verified by this run; "
+          f"{cur.engine.backend.label}):")
+    for r in summary:
+        print(f"  {r['new_photo']:<28} " + (f"error: {r['error']}" if r["error"] else
+              f"{r['best_image']:<24} {r['best_whale']:<12} inliers {r['n_inliers']:>4}  score {r['score']:.3f}  "
+              f"P {fmt(r['probability'], '.2f')}  {r['verdict']}"))
+    print(f"summary: {path}; each new photo's results, pictures and review page in {args.out}/<photo>/")
+    return 0
+
+
 def cmd_audit(args) -> int:
     """A labelled catalogue: the pair counts, then isolated images and strong cross-whale pairs."""
     meta = read_photos(args.metadata)
@@ -191,10 +214,15 @@ def cmd_audit(args) -> int:
         raise DataError(f"{args.metadata}: no images to audit")
     plan = audit.plan_audit(photos, args.scope, None if args.no_cross else args.limit, args.seed)
     cross = [] if args.no_cross else plan.cross
+    if args.pair_score == "auto":  # see AUDIT_SCORE_WHY
+        args.pair_score = "strength"
     cur = make_curator(args, args.calibration)
     cur.use_prior(priors.for_pairs(args.prior, priors.AUDIT_WHY))
     print(f"audit of {plan.photos} images of {plan.whales} whales ({args.metadata})")
     print(f"  {cur.extraction_line(photos)}")
+    print("  pair score: " + (f"strength, {AUDIT_SCORE_WHY}" if cur.model is None else
+                              "the learned pair model (--pair-score learned): it reads the photos' dates too, so a "
+                              "mislabel within an encounter can hide"))
     print(f"  {cur.prior_line()}")
     print(f"  (a) {len(plan.within)} same-whale pairs; {plan.singletons} images have no other comparable image "
           "of their whale and cannot be checked")
@@ -206,6 +234,9 @@ def cmd_audit(args) -> int:
         print(f"  (b) {plan.cross_total} cross-whale pairs of comparable views{scope}{sampled}")
     print(f"  {len(plan.within) + len(cross)} pairs to verify (the pair cache holds {cur.engine.stored_verdicts()} "
           "verdicts for these settings; those are not verified again)")
+    if cluster.wanted(cur, plan.within + cross):
+        tasks = [pair_task(a, b) for a, b in plan.within + cross]
+        print("\n".join(f"  {line}" for line in cluster.plan_lines(cur, tasks, args.plan_nodes)))
     sys.stdout.flush()
     if args.dry_run:
         return 0
@@ -215,7 +246,8 @@ def cmd_audit(args) -> int:
     iso_csv, sus_csv = audit.write_tables(found, args.out)
     summary = audit.summary_lines(cur, plan, found, args.metadata, args.isolated_below, args.strong_above)
     page = audit.write_page(found, summary, args.out)
-    print(f"verified in {time.perf_counter() - t0:.0f} s")
+    print(f"verified in {time.perf_counter() - t0:.0f} s ({cur.engine.verified()} pairs verified by this run, "
+          f"{cur.engine.stats.features_extracted} images' features extracted; {cur.engine.backend.label})")
     print(f"(a) {len(found.isolated)} images verify against no other image of their whale:")
     for d in found.isolated[:10]:
         print(f"  {d['rank']:>3}. {d['image_id']:<16} {d['whale_id']:<12} best {d['best_partner']:<16} "
@@ -306,170 +338,10 @@ def cmd_calibrate(args, argv: list[str]) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------- options
-
-
-def common_options() -> argparse.ArgumentParser:
-    """The engine's options, shared by every command (defaults from $WHALEMATCH_<NAME>)."""
-    p = argparse.ArgumentParser(add_help=False)
-    g = p.add_argument_group("engine")
-    g.add_argument("--preset", default=env("PRESET", presets.DEFAULT_PIPELINE), choices=sorted(presets.PIPELINES),
-                   help="pipeline preset ($WHALEMATCH_PRESET)")
-    g.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                   help="feature and verdict caches ($WHALEMATCH_CACHE_DIR, else $XDG_CACHE_HOME/whalematch, "
-                        "else ~/.cache/whalematch)")
-    g.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
-    g.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu or cuda[:N] ($WHALEMATCH_DEVICE)")
-    g.add_argument("--workers", type=int, default=env_value("WORKERS", workers, None),
-                   help="CPU verification workers; None: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
-    g.add_argument("--calibration", type=Path, default=env("CALIBRATION"),
-                   help="calibration file; None: calibration-<preset>.json in $WHALEMATCH_WEIGHTS_DIR or weights/ "
-                        "($WHALEMATCH_CALIBRATION)")
-    g.add_argument("--pair-score", default=env("PAIR_SCORE", "auto"), choices=("auto", "strength", "learned"),
-                   help="the pair score: learned (the pair model's P(same whale) from the verdict's evidence and the "
-                        "photos' dates and viewpoints), strength (inliers and their similarity), or auto: learned "
-                        "where the preset has a pair model ($WHALEMATCH_PAIR_SCORE)")
-    g.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
-                   help="the pair model's file; None: pair-model-<preset>.json in the weights folders "
-                        "($WHALEMATCH_PAIR_MODEL)")
-    g.add_argument("--prior", type=float, default=None,
-                   help="share of same-whale pairs to assume for P(same whale); None: search: 1/K for the K whales "
-                        "compared (the new photo shows one of them), audit and verify: the calibration's even odds "
-                        "(the evidence of the pair alone); every command states which and why")
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
-    return p
-
-
-def out_options(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"folder for {what}")
-    p.add_argument("--outliers", choices=("faint", "hide"), default="faint",
-                   help="draw matches that failed verification as faint dots, or not at all")
-
-
-def verify_options(v: argparse.ArgumentParser) -> None:
-    v.add_argument("images", nargs="*", help="two image files (or image ids with --metadata)")
-    v.add_argument("--pairs", type=Path, help="CSV with columns image_a,image_b (paths, or ids with --metadata); "
-                                              "an optional column mirror (1/0)")
-    v.add_argument("--metadata", type=Path, help="metadata.csv (image_id,path[,viewpoint,...]) to name images by id "
-                                                 "and read their viewpoints")
-    v.add_argument("--mirror", action="store_true",
-                   help="match A against the horizontally mirrored B (a left versus a right flank); automatic, "
-                        "mirroring the right flank, when the metadata gives the viewpoints")
-    v.add_argument("--picture", type=Path, help="where to write the match picture of a single pair; None: in OUT")
-    v.add_argument("--pictures", type=int, default=100, help="batch: pictures for the best N pairs")
-    v.add_argument("--output", type=Path, help="batch: results CSV; None: OUT/results.csv")
-    v.add_argument("--json", action="store_true", help="single pair: print the result as JSON")
-    out_options(v, "pictures, results and the review page")
-
-
-def search_options(s: argparse.ArgumentParser) -> None:
-    s.add_argument("image", help="the new photo")
-    s.add_argument("--catalogue", type=Path, required=True,
-                   help="a folder of images, a folder with metadata.csv, or a metadata CSV")
-    s.add_argument("--viewpoint", choices=("top", "left", "right"),
-                   help="view of the new photo: compares only comparable catalogue views and mirrors the new photo "
-                        "for opposite flanks; None: compare every catalogue image")
-    s.add_argument("--mirror", action="store_true", help="match the mirrored new photo against every catalogue image")
-    s.add_argument("--all-views", action="store_true", help="with --viewpoint, still compare every catalogue image")
-    s.add_argument("--subset", type=Path, help="CSV with an image_id column: search only these catalogue images")
-    s.add_argument("--top", type=int, default=10, help="pictures for the best N images")
-    out_options(s, "pictures, results and the review page")
-
-
-def audit_options(a: argparse.ArgumentParser) -> None:
-    a.add_argument("--metadata", type=Path, required=True, help="metadata.csv with image_id,path,whale_id"
-                                                                "[,viewpoint,date,encounter_id]")
-    a.add_argument("--subset", type=Path, help="CSV with an image_id column: audit only these images")
-    a.add_argument("--scope", choices=audit.SCOPES, default="all",
-                   help="cross-whale pairs to consider: all, or only photos of the same year or date")
-    a.add_argument("--limit", type=int, default=None,
-                   help="verify a seeded random sample of N cross-whale pairs; None: all of them")
-    a.add_argument("--seed", type=int, default=0, help="seed of the --limit sample")
-    a.add_argument("--no-cross", action="store_true", help="skip (b)")
-    a.add_argument("--whales", help="comma-separated whale ids to audit; None: all")
-    a.add_argument("--isolated-below", type=float, default=0.5,
-                   help="(a) flag an image whose best same-whale P(same) (or score) is below this")
-    a.add_argument("--strong-above", type=float, default=0.9,
-                   help="(b) flag a cross-whale pair whose P(same) (or score) is at least this")
-    a.add_argument("--pictures", type=int, default=50, help="evidence pictures for the first N of each list")
-    a.add_argument("--dry-run", action="store_true", help="print the counts and stop")
-    out_options(a, "pictures, results and the review page")
-
-
-def calibrate_options(c: argparse.ArgumentParser) -> None:
-    c.add_argument("--metadata", type=Path, required=True, help="metadata.csv with image_id,path,whale_id")
-    c.add_argument("--subset", type=Path, help="CSV with an image_id column: use only these images")
-    c.add_argument("--positives", type=int, default=600, help="same-whale pairs in all")
-    c.add_argument("--negative-ratio", type=float, default=4.0,
-                   help="different-whale pairs per same-whale pair (the rare strong chance matches of different "
-                        "whales need many samples; the classes are weighed to even odds)")
-    c.add_argument("--max-images", type=int, default=800, help="images in all")
-    c.add_argument("--max-per-whale", type=int, default=8, help="same-whale pairs per whale")
-    c.add_argument("--heldout", type=float, default=0.3, help="share of whales held out")
-    c.add_argument("--seed", type=int, default=0, help="seed of the split by whale and of the pair sample")
-    c.add_argument("--output", type=Path, help="calibration file; None: OUT/calibration-<preset>.json")
-    c.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help="folder for the labelled pairs CSV")
-
-
-def apply_decisions_options(a: argparse.ArgumentParser) -> None:
-    a.add_argument("decisions", nargs="+", type=Path,
-                   help="decisions CSV(s) exported from review pages: query_image, candidate_image, decision (same, "
-                        "different or not sure); optional candidate_whale, comment, reviewer, time")
-    a.add_argument("--metadata", type=Path, required=True,
-                   help="the catalogue's metadata CSV (image_id,path,whale_id[,viewpoint,...]); never changed "
-                        "without --in-place")
-    a.add_argument("--output", type=Path,
-                   help="the new metadata CSV; None: <metadata stem>.decided.csv beside METADATA. In another folder "
-                        "the paths are rewritten relative to it (it must hold the photos)")
-    a.add_argument("--in-place", action="store_true", help="overwrite METADATA (the old file is kept as METADATA.bak)")
-    a.add_argument("--log", type=Path, help="CSV log of every change and of decisions that change nothing; None: "
-                                            "<output stem>.changes.csv beside the output")
-    a.add_argument("--photo-dir", type=Path, default=Path("new_photos"),
-                   help="where a new photo from outside the output's folder is copied (relative to that folder), so "
-                        "that the catalogue keeps its photos inside its folder")
-    a.add_argument("--dry-run", action="store_true", help="print the changes, write nothing")
-    a.add_argument("-v", "--verbose", action="store_true", help="debug messages")
-
-
-APPLY_DECISIONS = ("apply the decisions of review pages to a catalogue",
-                   decisions.__doc__.split("\n\n", 1)[1].replace("``", "") +
-                   "\nExample: whalematch apply-decisions whalematch-decisions-*.csv --metadata catalogue/metadata.csv")
-
-COMMANDS = {
-    "verify": (verify_options, "verify one pair (A B) or a CSV of pairs (--pairs)",
-               "Verdict of a pair of photos, with a picture of the inlier correspondences; or, with --pairs, a CSV "
-               "of verdicts and a review page."),
-    "search": (search_options, "rank catalogue images and whales for a new photo",
-               "Rank the images of a catalogue (and its whales, when the metadata has whale_id) for a new photo, "
-               "with match pictures of the best candidates."),
-    "audit": (audit_options, "find possible mislabels in a labelled catalogue",
-              "(a) images that verify against no other image of their whale; (b) pairs labelled as different whales "
-              "that verify strongly. Prints the pair counts first."),
-    "calibrate": (calibrate_options, "fit P(same whale) on a labelled catalogue",
-                  "Fit the map from pair strength to P(same whale) on labelled pairs (isotonic), and report its "
-                  "calibration error (ECE, Brier) on pairs of held-out whales."),
-}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``whalematch`` parser; :class:`ConfigError` naming a $WHALEMATCH_<NAME> that holds a bad value."""
-    common = common_options()
-    p = argparse.ArgumentParser(prog="whalematch", description=__doc__, formatter_class=HelpFormatter)
-    p.add_argument("--version", action="version", version=f"whalematch {__version__}")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add_options, summary, description) in COMMANDS.items():
-        add_options(sub.add_parser(name, parents=[common], help=summary, description=textwrap.fill(description, 79),
-                                   formatter_class=HelpFormatter))
-    apply_decisions_options(sub.add_parser("apply-decisions", help=APPLY_DECISIONS[0], description=APPLY_DECISIONS[1],
-                                           formatter_class=HelpFormatter))
-    return p
-
-
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        parser = build_parser()
+        parser = build_parser(__doc__)
     except ConfigError as exc:
         print(f"whalematch: error: {exc}", file=sys.stderr)
         return 2

@@ -179,13 +179,23 @@ class Curator:
             v = row.get("score")
         return float(v) if v not in (None, "") else 0.0
 
-    def verify(self, tasks: list[PairTask]) -> list[dict]:
-        """A result row per task (see ``RESULT_COLUMNS``), verifying only pairs the cache lacks."""
+    def verdicts(self, tasks: list[PairTask]) -> dict[tuple[str, str], dict]:
+        """The verdicts of the tasks' pairs, by their canonical keys, verifying only pairs the cache lacks (one
+        call for many tasks: on a cluster, one job)."""
         photos = {p.id: p for t in tasks for p in (t.a, t.b)}
         self.prepare(list(photos.values()))
         self.prepare_mirrored([t.a for t in tasks if t.mirror == "a"] + [t.b for t in tasks if t.mirror == "b"])
         pairs = {canonical(*self.keys(t)) for t in tasks if self._ok(t)}
-        verdicts = self.engine.verdicts(pairs) if pairs else {}
+        return self.engine.verdicts(pairs) if pairs else {}
+
+    def pair_keys(self, tasks: list[PairTask]) -> set[tuple[str, str]]:
+        """The canonical keys of the tasks' pairs whose photos are readable (hashes only: nothing extracted)."""
+        self.hash_only([p for t in tasks for p in (t.a, t.b)])
+        return {canonical(*self.keys(t)) for t in tasks if self._ok(t)}
+
+    def verify(self, tasks: list[PairTask]) -> list[dict]:
+        """A result row per task (see ``RESULT_COLUMNS``), verifying only pairs the cache lacks."""
+        verdicts = self.verdicts(tasks)
         found = [verdicts.get(canonical(*self.keys(t))) if self._ok(t) else None for t in tasks]
         scores = [None] * len(tasks)
         if self.model is not None:

@@ -11,6 +11,12 @@ only changes which images share a batch, never what an image's features are.
 Mirrored features (:meth:`FeatureStage.mirrored`) are those of the horizontally
 flipped photo, kept under :func:`mirror_key` of the image's hash: a left flank is
 matched against the mirrored right flank of the same whale.
+
+With a ``remote`` runner (an execution backend, :mod:`matcher.backends`), the images to
+extract are handed to it in the same order, chunk by chunk; it runs this same stage on
+them elsewhere (a Ray cluster's workers, with a store that keeps nothing) and gives the
+features back, and this stage writes the store entries and keeps them in memory as it
+does with its own: the calling process stays the one writer of the cache.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class FeatureStage:
         self.io_threads = max(1, io_threads)
         self.loaded: dict[str, dict] = {}
         self.extracted = 0
+        self.remote = None  # an execution backend's runner (see the module docstring); None: extract here
         self._extractor = None
 
     @property
@@ -104,14 +111,45 @@ class FeatureStage:
                 todo.append((key, path))
             else:
                 self.loaded[key] = feats
+        if self.remote is not None and todo:
+            error = None
+            with tqdm(total=len(todo), desc=f"extracting mirrored features ({self.remote.label})", unit="img",
+                      disable=not self.progress) as bar:
+                for feats, errors, done in self.remote.extract_mirrored(self.conf, todo):
+                    self._keep(feats)
+                    error = error or next(iter(errors.values()), None)
+                    bar.update(done)
+            if error is not None:
+                raise ImageError(error)
+            return
         for key, path in tqdm(todo, desc="extracting mirrored features", unit="img",
                               disable=not self.progress or not todo):
-            feats = self.extractor.extract([np.ascontiguousarray(images.load(path)[:, ::-1])])[0]
-            self.store.put(key, feats)
-            self.loaded[key] = feats
+            self._keep(self.extract_mirrored([(key, path)]))
+
+    def extract_mirrored(self, todo: list[tuple[str, Path]]) -> dict[str, dict]:
+        """Features of each mirrored image (``(key, path)``), computed now and kept nowhere; :class:`ImageError`
+        for an image that cannot be decoded."""
+        return {key: self.extractor.extract([np.ascontiguousarray(images.load(path)[:, ::-1])])[0]
+                for key, path in todo}
+
+    def _keep(self, feats: dict[str, dict]) -> None:
+        for key, f in feats.items():
+            self.store.put(key, f)
+            self.loaded[key] = f
 
     def _extract(self, todo: dict[str, Path], out: dict, bad: dict, pool: ThreadPoolExecutor, progress: bool) -> None:
         items = self._ordered(todo, pool)
+        if self.remote is not None:
+            with tqdm(total=len(items), desc=f"extracting features ({self.remote.label})", unit="img",
+                      disable=not progress) as bar:
+                for feats, bad_part, done in self.remote.extract(self.conf, items):
+                    bad.update(bad_part)
+                    for sha, f in feats.items():
+                        self.store.put(sha, f)
+                        out[sha] = self.loaded[sha] = f
+                        self.extracted += 1
+                    bar.update(done)
+            return
         # a chunk: a few batches (on a GPU) or enough images for the CPU's threads, decoded while the one before runs
         step = max(8, max(1, self.extractor.batch_size) * (4 if devices.is_cuda(self.device) else 2))
         chunks = [items[i : i + step] for i in range(0, len(items), step)]

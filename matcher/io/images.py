@@ -11,6 +11,7 @@ import hashlib
 import io
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,18 @@ DECODE_MAX_SIDE = 4096  # large JPEGs decode at reduced scale; nothing finer sur
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class Blob:
+    """An image file's bytes and its name: what a worker on another machine is given instead of a path it may
+    not be able to open (:func:`load` and :func:`header_size` take either; messages name the file)."""
+
+    name: str
+    data: bytes = b""
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def content_hash(data: bytes) -> str:
@@ -123,15 +136,18 @@ def decode(data: bytes, name: str | Path, max_side: int | None = None) -> np.nda
     return arr
 
 
-def load(path: Path, max_side: int | None = DECODE_MAX_SIDE) -> np.ndarray:
-    """Read and decode one file as every stage sees it (large images reduced to ``max_side``)."""
+def load(path: Path | Blob, max_side: int | None = DECODE_MAX_SIDE) -> np.ndarray:
+    """Read and decode one file (or the bytes of one, :class:`Blob`) as every stage sees it (large images
+    reduced to ``max_side``)."""
+    if isinstance(path, Blob):
+        return decode(path.data, path.name, max_side)
     return decode(read_bytes(path), path, max_side)
 
 
-def header_size(path: Path) -> tuple[int, int] | None:
+def header_size(path: Path | Blob) -> tuple[int, int] | None:
     """(width, height) as decoded (EXIF rotation applied), from the file header; ``None`` if unreadable."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path.data) if isinstance(path, Blob) else path) as img:
             w, h = img.size
             if img.getexif().get(EXIF_ORIENTATION) in TRANSPOSED_ORIENTATIONS:
                 w, h = h, w

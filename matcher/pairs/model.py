@@ -29,6 +29,7 @@ from . import evidence
 
 FORMAT = "whalematch-pair-model"
 VERSION = 1
+FINGERPRINT = 16  # hex digits of a training photo's content hash kept in the model file (PairModel.trained_on)
 LATERAL = ("left", "right")
 METADATA_FEATURES = ("days_apart", "same_date", "same_year", "views")
 VIEWS = {("top", "top"): 0.0, ("left", "top"): 1.0, ("right", "top"): 1.0, ("left", "left"): 2.0,
@@ -91,6 +92,12 @@ class PairModel:
     def uses_metadata(self) -> bool:
         return any(f in METADATA_FEATURES for f in self.features)
 
+    def trained_on(self, shas) -> int:
+        """How many of these photos (content hashes) the model saw in training (:func:`photo_fingerprints`): a
+        figure measured on them is not out of fold."""
+        seen = set(self.info.get("trained_on", {}).get("photos_sha256_16", []))
+        return sum(1 for sha in set(shas) if sha[:FINGERPRINT] in seen)
+
     def predict(self, rows) -> np.ndarray:
         """P(same whale) per feature row (rows in the order of :attr:`features`)."""
         x = np.asarray(rows, np.float64).reshape(-1, len(self.features))
@@ -127,6 +134,11 @@ class PairModel:
             raise WeightsError(f"{path}: the pair model uses features this version does not compute: "
                                f"{', '.join(sorted(unknown))}")
         return model
+
+
+def photo_fingerprints(shas) -> list[str]:
+    """What a model file keeps of its training photos: the first 16 hex digits of each content hash (sorted)."""
+    return sorted({sha[:FINGERPRINT] for sha in shas})
 
 
 def model_file(preset: str) -> str:

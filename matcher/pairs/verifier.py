@@ -16,6 +16,12 @@ batching, the number of threads or the order of completion, so it equals
 the pair store every few hundred pairs from the calling thread (SQLite
 connections stay in the thread that opened them), so a killed run keeps what it
 verified.
+
+With a ``remote`` runner (an execution backend, :mod:`matcher.backends`), the pairs the
+store lacks are handed to it instead of the thread pool: its workers run
+:meth:`PairVerifier.match_and_verify` on blocks of them elsewhere (a Ray cluster) and the
+verdicts come back here, where they are flushed to the store as above: the calling
+process stays the one writer of the store.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ class PairVerifier:
         self.item_pairs = max(1, item_pairs)
         self.match_chunk = match_chunk  # pairs per batched GPU product; None: sized from the memory cap
         self.verified = 0
+        self.remote = None  # an execution backend's runner (see the module docstring); None: verify here
         self._lightglue = None
         # GPU mode: match on the calling thread (batched products against resident descriptors) while the pool
         # runs RANSAC; CPU mode: the pool threads match and verify. Tests switch GPU mode on for a CPU.
@@ -107,7 +114,9 @@ class PairVerifier:
             out[(a, b)] = v
         return out
 
-    def _match_and_verify_item(self, features: dict, a: str, others: list[str]) -> dict:
+    def match_and_verify(self, features: dict, a: str, others: list[str]) -> dict:
+        """Verdicts of the canonical pairs ``(a, b)`` for each ``b`` in ``others``: one work item, matched and
+        verified here (a pool thread, or an execution backend's worker)."""
         return self._verify_item(features, a, others, self.match(features[a], [features[b] for b in others]))
 
     def _items(self, todo: list[tuple[str, str]]) -> list[tuple[str, list[str]]]:
@@ -127,6 +136,8 @@ class PairVerifier:
         todo = sorted(pairs - set(known))
         if not todo:
             return known
+        if self.remote is not None:
+            return self._remote(todo, features, known, self.progress if progress is None else progress)
         on_gpu = self.batched_matching
         pending: dict[tuple[str, str], dict] = {}
         in_flight: deque[Future] = deque()
@@ -159,12 +170,27 @@ class PairVerifier:
                             submit(self._verify_item, features, a, bs, matches)
                     else:
                         for a, bs in self._items(todo):
-                            submit(self._match_and_verify_item, features, a, bs)
+                            submit(self.match_and_verify, features, a, bs)
                     drain(0)
                 finally:
                     self._flush(pending, known)  # what was verified is kept, even when something failed
         finally:
             torch.set_num_threads(threads)
+        return known
+
+    def _remote(self, todo: list[tuple[str, str]], features: dict, known: dict, progress: bool) -> dict:
+        """The pairs verified by the remote runner, block by block as they come back, flushed here."""
+        pending: dict[tuple[str, str], dict] = {}
+        with tqdm(total=len(todo), desc=f"verifying pairs ({self.remote.label})", unit="pair",
+                  disable=not progress) as bar:
+            try:
+                for result in self.remote.verify(self.conf, todo, features):
+                    pending.update(result)
+                    bar.update(len(result))
+                    if len(pending) >= FLUSH_EVERY:
+                        self._flush(pending, known)
+            finally:
+                self._flush(pending, known)  # what was verified is kept, even when something failed
         return known
 
     def matches(self, pairs: set[tuple[str, str]], features: dict[str, dict]) -> dict[tuple[str, str], tuple]:
