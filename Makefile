@@ -13,7 +13,7 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: install demo test data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier bench clean
+.PHONY: install demo test data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-global bench clean
 
 $(PY):
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -91,6 +91,13 @@ codebook:
 train-verifier:
 	$(PY) benchmarks/train_verifier.py --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
 		--dev $(DEV_DIR) --labels $(LABELS) --seed 0 --out weights/pair-model-$(PRESET).json --append benchmarks/RESULTS.md
+
+## train-global: retrain the learned global descriptor head weights/global-head-disk-v1.pt (stage 0 learned-disk) on
+##               every photo of CATALOGUE (fixed seed, DISK features from CACHE_DIR), with its out-of-fold figures on
+##               DEV_DIR (5 folds split by whale) written into weights/global-head-disk-v1.json
+train-global:
+	$(PY) benchmarks/train_global.py --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --dev $(DEV_DIR) \
+		--labels $(LABELS) --seed 0 --out weights/global-head-disk-v1.pt
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
 ##        projection to the challenge's full test, on the GPU if there is one, else the CPU (a few minutes there);

@@ -24,10 +24,16 @@ cheap, geometry-free count of matching marks. ``benchmarks/cascade.py``
 measures whether it earns its place; the cascade passes every candidate
 through when no codebook is available (``model: none``).
 
+A learned alternative (``model: learned``, preset ``learned-disk``): a small head trained on whale
+identities over the same DISK keypoints (:mod:`matcher.cascade.embedding`), one int8 unit vector
+per image, similarity its cosine mapped to [0, 1]. Its weights are found by
+:func:`matcher.io.weights.locate`; when asked for and missing, :class:`~matcher.errors.WeightsError`
+says how to rebuild them.
+
 The codebook is :mod:`matcher.cascade.codebook`. Stage-0 settings are named presets
 (:data:`matcher.presets.GLOBAL_DESCRIPTORS`). Descriptors are cached per image content
 hash under ``CACHE/global/<key>/`` (:mod:`matcher.cache`); the key covers the stage-0
-settings, the codebook's checksum and the features' cache key.
+settings, the codebook's (or the head's) checksum and the features' cache key.
 """
 
 from __future__ import annotations
@@ -38,9 +44,12 @@ import numpy as np
 
 from .. import presets
 from ..engine import Engine
+from ..errors import WeightsError
 from ..io import weights
 from ..io.array_store import ArrayStore
 from .codebook import Codebook
+from .embedding import GlobalHead
+from .embedding import similarity as cosine
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +118,17 @@ class GlobalStage:
         self.engine = engine
         self.conf = dict(presets.GLOBAL_DESCRIPTORS[name])
         self.codebook: Codebook | None = None
-        if self.conf["model"] == "asmk":
+        self.head: GlobalHead | None = None
+        digest = None
+        if self.conf["model"] == "learned":
+            path = weights.locate(self.conf["weights"])
+            if path is None:
+                raise WeightsError(f"stage 0 {name!r}: the global head {self.conf['weights']} is not in "
+                                   f"{' or '.join(str(d) for d in weights.project_dirs())}; rebuild it with "
+                                   "`make train-global`, or choose another --global-descriptor")
+            self.head = GlobalHead.load(path)
+            digest = weights.file_sha256(path)
+        elif self.conf["model"] == "asmk":
             path = weights.locate(self.conf["codebook"])
             if path is None:
                 log.warning("stage 0: codebook %s not found; passing every candidate through", self.conf["codebook"])
@@ -123,9 +142,12 @@ class GlobalStage:
         self.enabled = self.conf["model"] != "none"
         key_parts = {"global": self.conf, "codebook": self.codebook.digest if self.codebook else None,
                      "features": engine.feature_key}
+        if digest is not None:
+            key_parts["head"] = digest
         self.key = presets.settings_key(f"{name}", key_parts)
         folder = engine.cache.global_descriptors(self.key) if self.enabled else None
-        self.store = ArrayStore(folder, ("words", "vecs"), "global descriptor", settings=key_parts)
+        fields = ("emb",) if self.head is not None else ("words", "vecs")
+        self.store = ArrayStore(folder, fields, "global descriptor", settings=key_parts)
         self.loaded: dict[str, dict] = {}
         self.computed = 0
 
@@ -137,7 +159,11 @@ class GlobalStage:
             if sha in self.loaded:
                 continue
             g = self.store.get(sha)
-            if g is None:
+            if g is None and self.head is not None:
+                g = {"emb": self.head.embed(self.engine.feature(sha))}
+                self.store.put(sha, g)
+                self.computed += 1
+            elif g is None:
                 descriptors = self.engine.feature(sha)["descriptors"]
                 centroids = (self.codebook.centroids if self.codebook is not None
                              else np.zeros((1, descriptors.shape[1]), np.float32))
@@ -150,11 +176,17 @@ class GlobalStage:
         """Stage-0 similarity of one query with each database image (zeros when stage 0 is off)."""
         if not self.enabled or not database_shas:
             return np.zeros(len(database_shas))
-        return similarity_matrix([self.loaded[query_sha]], [self.loaded[s] for s in database_shas], self.conf)[0]
+        return self.score_block([query_sha], database_shas)[0]
 
     def score_block(self, query_shas: list[str], database_shas: list[str]) -> np.ndarray:
         """Stage-0 similarities of several queries with one database, (nq, nd); entries as :meth:`scores`."""
         if not self.enabled:
             return np.zeros((len(query_shas), len(database_shas)))
+        if self.head is not None:  # cosine of int8 unit vectors, mapped to [0, 1]: exact per pair
+            if not query_shas or not database_shas:
+                return np.zeros((len(query_shas), len(database_shas)))
+            q = np.stack([self.loaded[s]["emb"] for s in query_shas])
+            d = np.stack([self.loaded[s]["emb"] for s in database_shas])
+            return (1.0 + np.clip(cosine(q, d), -1.0, 1.0)) / 2.0  # int8 rounding can pass 1 by a hair
         return similarity_matrix([self.loaded[s] for s in query_shas], [self.loaded[s] for s in database_shas],
                                  self.conf)
