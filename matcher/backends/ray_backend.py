@@ -345,32 +345,25 @@ class RayBackend:
                 job.extra["bad"][key] = str(exc)
         return blobs
 
-    def _extract_options(self) -> dict:
-        return dict(num_cpus=1, num_gpus=1 if self.gpus else 0, max_retries=0)
-
     def extract(self, conf: dict, items: list[tuple[str, Path]]) -> Iterator[tuple[dict, dict, int]]:
         """Features of the images ``(sha, path)`` (in the feature stage's order), chunk by chunk as they come back:
         (features, errors, images done)."""
-        self.refresh()
-        fn, device = self._fn(extract_chunk), "cuda" if self.gpus else "cpu"
-
-        def submit(job: Job):
-            return fn.options(**self._extract_options()).remote(conf, device, self._blobs(job))
-
-        for job, (feats, bad, node, seconds) in self._run(self._extract_jobs(items, "feature"), submit,
-                                                          2 * (self.gpus or self.cpus)):
-            self._account(node, "images", len(feats), seconds)
-            yield feats, {**job.extra.get("bad", {}), **bad}, job.size
+        return self._extract(extract_chunk, conf, items, "feature")
 
     def extract_mirrored(self, conf: dict, todo: list[tuple[str, Path]]) -> Iterator[tuple[dict, dict, int]]:
         """Features of the mirrored images ``(key, path)``, chunk by chunk: (features, errors, images done)."""
+        return self._extract(extract_mirrored_chunk, conf, todo, "mirrored feature")
+
+    def _extract(self, task: Callable, conf: dict, items: list[tuple[str, Path]], what: str
+                 ) -> Iterator[tuple[dict, dict, int]]:
         self.refresh()
-        fn, device = self._fn(extract_mirrored_chunk), "cuda" if self.gpus else "cpu"
+        fn, device = self._fn(task), "cuda" if self.gpus else "cpu"
+        options = dict(num_cpus=1, num_gpus=1 if self.gpus else 0, max_retries=0)
 
         def submit(job: Job):
-            return fn.options(**self._extract_options()).remote(conf, device, self._blobs(job))
+            return fn.options(**options).remote(conf, device, self._blobs(job))
 
-        for job, (feats, errors, node, seconds) in self._run(self._extract_jobs(todo, "mirrored feature"), submit,
+        for job, (feats, errors, node, seconds) in self._run(self._extract_jobs(items, what), submit,
                                                              2 * (self.gpus or self.cpus)):
             self._account(node, "images", len(feats), seconds)
             yield feats, {**job.extra.get("bad", {}), **errors}, job.size
