@@ -44,19 +44,20 @@ AUDIT_SCORE_WHY = ("the image evidence alone, by default: the learned pair model
 # --------------------------------------------------------------------------- shared
 
 
-def make_curator(args, calibration_file: Path | None) -> Curator:
-    """The engine of the options, its pair score (the learned model's P(same whale), or the strength's score)
-    and the calibration of that score (``calibration_file``, else the model's own, else the preset's)."""
+def make_curator(args, calibration_file: Path | None, auto_score: str = "learned") -> Curator:
+    """The engine of the options, its pair score (the learned model's P(same whale), or the strength's score;
+    ``--pair-score auto`` means ``auto_score``, the learned one where the preset has a model) and the
+    calibration of that score (``calibration_file``, else the model's own, else the preset's)."""
     if args.prior is not None and not 0 < args.prior < 1:
         raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
     engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
                     progress=not args.quiet, backend=args.backend, ray_address=args.ray_address)
-    model = None
-    if args.pair_score != "strength":
+    model, score = None, auto_score if args.pair_score == "auto" else args.pair_score
+    if score != "strength":
         try:
             model = pair_model.for_preset(engine.name, engine.settings_key, args.pair_model)
         except WeightsError as exc:
-            if args.pair_score == "learned":
+            if args.pair_score == "learned":  # asked for by name: no model is an error
                 raise
             log.info("no learned pair model (%s); scoring pairs by their strength", exc)
     if model is not None and calibration_file is None and "calibration" in model.info:
@@ -214,9 +215,7 @@ def cmd_audit(args) -> int:
         raise DataError(f"{args.metadata}: no images to audit")
     plan = audit.plan_audit(photos, args.scope, None if args.no_cross else args.limit, args.seed)
     cross = [] if args.no_cross else plan.cross
-    if args.pair_score == "auto":  # see AUDIT_SCORE_WHY
-        args.pair_score = "strength"
-    cur = make_curator(args, args.calibration)
+    cur = make_curator(args, args.calibration, auto_score="strength")  # see AUDIT_SCORE_WHY
     cur.use_prior(priors.for_pairs(args.prior, priors.AUDIT_WHY))
     print(f"audit of {plan.photos} images of {plan.whales} whales ({args.metadata})")
     print(f"  {cur.extraction_line(photos)}")
