@@ -264,9 +264,8 @@ def main(argv=None) -> int:
         lines.append(f"projection: an audit of every comparable pair of {n:,} photos = {total:,} pairs (comparable "
                      f"share {share:.3f}: {where}); verification at {per_worker:.0f} pairs per CPU-second of a worker "
                      f"(measured here: 1 node of {base['workers']} CPUs on {cores} cores, the tasks' process CPU time, "
-                     f"so the share of the cores that other load took is left out) with the workers {efficiency:.0%} of "
-                     "the "
-                     f"time in tasks; extraction of {n:,} photos at "
+                     f"so the share of the cores that other load took is left out) with the workers "
+                     f"{efficiency:.0%} of the time in tasks; extraction of {n:,} photos at "
                      + (f"{args.gpu_images_per_s:g} images/s per GPU (assumed)" if args.node_gpus else
                         f"{args.cpu_images_per_s:g} images/s per CPU (assumed)"))
         projection = []

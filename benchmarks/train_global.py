@@ -5,7 +5,7 @@
 
 1. Every photo of the catalogue is prepared by the engine (DISK features cached; nothing is extracted
    when the cache holds them) and turned into the head's keypoint inputs
-   (:func:`matcher.cascade.embedding.keypoint_inputs`).
+   (:func:`matcher.features.global_head.keypoint_inputs`).
 2. Out of fold: the whales are dealt into ``--folds`` folds; fold ``f``'s head is trained with
    sub-center ArcFace on the photos of the other folds' whales only. A development query is scored by
    the head of its whale's fold, so neither the query nor any of its true matches was seen in training
@@ -43,8 +43,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from matcher import config, presets  # noqa: E402
-from matcher.cascade.embedding import GlobalHead, build_head, keypoint_inputs, pad_batch  # noqa: E402
-from matcher.cascade.embedding import similarity as cosine  # noqa: E402
+from matcher.features.global_head import GlobalHead, build_head, keypoint_inputs, pad_batch  # noqa: E402
+from matcher.features.global_head import similarity as cosine  # noqa: E402
+from whale_folds import whale_folds  # noqa: E402
 
 log = logging.getLogger("train_global")
 CONF = {"dim": 128, "clusters": 32, "out": 256}
@@ -118,13 +119,6 @@ def train_head(inputs: list[np.ndarray], labels: list[str], seed: int = 0, train
 def embed_all(head: GlobalHead, inputs: dict[str, np.ndarray], ids) -> dict[str, np.ndarray]:
     """int8 embedding per image id, each computed alone from all its keypoints."""
     return {i: head.embed_inputs(inputs[i]) for i in ids}
-
-
-def whale_folds(whales, n: int, seed: int) -> dict[str, int]:
-    """Fold per whale (``train_verifier.whale_folds``: the same deal for the same whales and seed)."""
-    from train_verifier import whale_folds as deal
-
-    return deal(whales, n, seed)
 
 
 def data_digest(photos: dict, shas: dict[str, str]) -> str:

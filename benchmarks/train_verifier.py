@@ -13,6 +13,13 @@
    metadata withheld at ranking time; today's score (strength) is ranked the same way.
 4. The shipped model is trained on every pair with a fixed seed and saved with its settings key, the
    data it saw (counts and a hash), the out-of-fold figures and this command.
+
+``--head`` adds the global head's vote (``head_similarity``, the cosine of the two photos' embeddings by
+the learned global head) as a feature, measured without leaking identities (``oof_heads.py``): a training
+pair's value comes from the head of a whale fold that holds the pair's whales (both, or each in turn and
+averaged), so no head scores a same-whale pair it was trained on; each development scenario is ranked
+with a head trained without any of its whales. The shipped model reads the shipped head
+(``weights/global-head-disk-v1.pt``, named with its SHA-256 in the model file).
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ sys.path.insert(0, str(HERE))
 import eval as evaluation  # noqa: E402
 import main as entrypoint  # noqa: E402
 import pair_dataset  # noqa: E402
+from whale_folds import whale_folds  # noqa: E402
 from matcher import config, presets  # noqa: E402
 from matcher.challenge import layout  # noqa: E402
 from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries  # noqa: E402
@@ -64,12 +72,6 @@ def fit(table: pd.DataFrame, names: list[str], seed: int) -> str:
     params = {**PARAMS, "seed": seed, "monotone_constraints": [int(n in INCREASING) for n in names]}
     booster = lightgbm.train(params, lightgbm.Dataset(x, table["label"].astype(int).to_numpy()), ROUNDS)
     return booster.model_to_string()
-
-
-def whale_folds(whales, n: int, seed: int) -> dict[str, int]:
-    order = sorted(set(whales))
-    perm = np.random.default_rng(seed).permutation(len(order))
-    return {order[i]: int(k % n) for k, i in enumerate(perm)}
 
 
 def pair_oof(table: pd.DataFrame, names: list[str], seed: int, n_folds: int = 5) -> tuple[dict, pd.DataFrame]:
@@ -142,8 +144,53 @@ def rank_scenario(root: Path, sid: str, tmp: Path, cache: Path, preset: str, ext
     return pd.read_csv(out, dtype={"query_id": str, "database_image_id": str})
 
 
-def scenario_oof(table, photos, args, preset: str, tmp: Path) -> dict[str, pd.DataFrame]:
-    """Per variant, the development scenarios' submissions ranked out of fold (see the module docstring)."""
+def head_info(path: Path) -> dict:
+    """How a pair model names the global head it reads: its file and SHA-256."""
+    from matcher.io.weights import file_sha256
+
+    return {"file": str(path), "sha256": file_sha256(path)}
+
+
+def crossfit_head_similarity(table: pd.DataFrame, fold_emb: dict[int, dict[str, np.ndarray]],
+                             fold_of: dict[str, int]) -> np.ndarray:
+    """Per pair, the head similarity by the fold heads that never saw the pair's whales together: a pair within
+    one fold is scored by that fold's head (trained without it), a pair across folds by each of its two folds'
+    heads (each saw one of the whales, never both) and the two averaged."""
+    from matcher.pairs.model import head_similarity
+
+    out = np.empty(len(table))
+    for n, (a, b, wa, wb) in enumerate(zip(table["image_a"], table["image_b"], table["whale_a"], table["whale_b"])):
+        heads = sorted({fold_of[wa], fold_of[wb]})
+        out[n] = np.mean([head_similarity({"embedding": fold_emb[f][a]}, {"embedding": fold_emb[f][b]})
+                          for f in heads])
+    return out
+
+
+def head_features(table: pd.DataFrame, args) -> tuple[pd.DataFrame, dict[str, Path]]:
+    """The table with its cross-fitted ``head_similarity`` (:func:`crossfit_head_similarity`), and the head
+    trained without each development scenario's whales, by scenario id (``oof_heads.py``; trained now where
+    its cache lacks it)."""
+    import oof_heads
+    from train_global import TRAIN
+
+    photos = oof_heads.load_photos(args.catalogue, args.cache_dir)
+    wanted = oof_heads.exclusions(photos, args.dev, 5, args.seed)
+    fold_emb, scenario_heads = {}, {}
+    for name, excluded in sorted(wanted.items()):
+        path, emb = oof_heads.trained_head(photos, excluded, args.cache_dir, args.seed, TRAIN)
+        if name.startswith("fold"):
+            fold_emb[int(name[4:])] = emb
+        else:
+            scenario_heads[name] = path
+    fold_of = whale_folds(pd.concat([table["whale_a"], table["whale_b"]]), 5, args.seed)
+    return table.assign(head_similarity=crossfit_head_similarity(table, fold_emb, fold_of)), scenario_heads
+
+
+def scenario_oof(table, photos, args, preset: str, tmp: Path, heads: dict[str, Path] | None = None
+                 ) -> dict[str, pd.DataFrame]:
+    """Per variant, the development scenarios' submissions ranked out of fold (see the module docstring);
+    with ``heads`` (the head trained without each scenario's whales), the variants with the head's vote and
+    the baseline they are measured against."""
     dev = layout.load(args.dev)
     whale = {p.id: p.whale_id for p in photos.values()}
     variants: dict[str, list[pd.DataFrame]] = {}
@@ -155,23 +202,50 @@ def scenario_oof(table, photos, args, preset: str, tmp: Path) -> dict[str, pd.Da
         log.info("scenario %s (%s): %d whales held out; model trained on %d pairs", sc.scenario_id,
                  sc.scenario_type, len(held), len(train))
         models = {}
-        for name, use_meta in (("evidence", False), ("evidence + metadata", True)):
-            path = tmp / f"model-{sc.scenario_id}-{int(use_meta)}.json"
-            names = feature_names(use_meta)
-            PairModel(names, engine.settings_key, fit(train, names, args.seed)).save(path)
+        kinds = ((("evidence + metadata", True, False), ("evidence + metadata + head", True, True),
+                  ("evidence + head", False, True)) if heads else
+                 (("evidence", False, False), ("evidence + metadata", True, False)))
+        for name, use_meta, use_head in kinds:
+            path = tmp / f"model-{sc.scenario_id}-{int(use_meta)}{int(use_head)}.json"
+            names = feature_names(use_meta, use_head)
+            info = {"head": head_info(heads[sc.scenario_id])} if use_head else {}
+            PairModel(names, engine.settings_key, fit(train, names, args.seed), info).save(path)
             models[name] = path
-        runs = {
-            "strength": (None, [], False), "strength, no re-ranking": (None, ["--rerank", "none"], False),
-            "learned: evidence": (models["evidence"], [], False),
-            "learned: evidence, no re-ranking": (models["evidence"], ["--rerank", "none"], False),
-            "learned: evidence + metadata": (models["evidence + metadata"], [], False),
-            "learned: evidence + metadata, no re-ranking": (models["evidence + metadata"], ["--rerank", "none"], False),
-            "learned: evidence + metadata, metadata withheld": (models["evidence + metadata"], [], True),
-        }
+        if heads:
+            runs = {
+                "learned: evidence + metadata": (models["evidence + metadata"], [], False),
+                "learned: evidence + metadata + head": (models["evidence + metadata + head"], [], False),
+                "learned: evidence + metadata + head, no re-ranking": (models["evidence + metadata + head"],
+                                                                       ["--rerank", "none"], False),
+                "learned: evidence + metadata + head, metadata withheld": (models["evidence + metadata + head"],
+                                                                           [], True),
+                "learned: evidence + head": (models["evidence + head"], [], False),
+            }
+        else:
+            runs = {
+                "strength": (None, [], False), "strength, no re-ranking": (None, ["--rerank", "none"], False),
+                "learned: evidence": (models["evidence"], [], False),
+                "learned: evidence, no re-ranking": (models["evidence"], ["--rerank", "none"], False),
+                "learned: evidence + metadata": (models["evidence + metadata"], [], False),
+                "learned: evidence + metadata, no re-ranking": (models["evidence + metadata"], ["--rerank", "none"],
+                                                                False),
+                "learned: evidence + metadata, metadata withheld": (models["evidence + metadata"], [], True),
+            }
         for label, (model, extra, blank) in runs.items():
             sub = rank_scenario(args.dev, sc.scenario_id, tmp, args.cache_dir, preset, extra, model, blank)
             variants.setdefault(label, []).append(sub)
     return {k: pd.concat(v, ignore_index=True) for k, v in variants.items()}
+
+
+def shipped_head() -> Path:
+    """The global head the shipped pair model reads (the preset's stage-0 head, ``make train-global``)."""
+    from matcher.io import weights
+
+    name = presets.GLOBAL_DESCRIPTORS["learned-disk"]["weights"]
+    path = weights.locate(name)
+    if path is None:
+        raise SystemExit(f"{name}: no global head to ship the pair model with (make train-global)")
+    return path
 
 
 def markdown(tables: dict[str, pd.DataFrame]) -> str:
@@ -198,6 +272,8 @@ def main(argv=None) -> int:
     p.add_argument("--same-date", type=int, default=0, help="negatives per photo taken the same day (other whales)")
     p.add_argument("--skip-scenarios", action="store_true", help="pair-level figures only")
     p.add_argument("--append", type=Path, default=None, help="append the tables to this Markdown file")
+    p.add_argument("--head", action="store_true",
+                   help="add the global head's vote (head_similarity) as a feature (see the module docstring)")
     p.add_argument("--submissions", type=Path, default=None,
                    help="keep each variant's out-of-fold submission (all scenarios) in this folder")
     args = p.parse_args(argv)
@@ -221,9 +297,17 @@ def main(argv=None) -> int:
              f"({engine.verified()} now); preset {preset} on {engine.device}; {dt.date.today().isoformat()}.",
              "Pairs: " + ", ".join(f"{k} {v}" for k, v in table["kind"].value_counts().items())
              + f"; {int(table['label'].sum())} same whale."]
+    heads = None
+    if args.head:
+        t0 = time.perf_counter()
+        table, heads = head_features(table, args)
+        lines.append(f"Head vote: cross-fitted head similarities and {len(heads)} scenario heads ready in "
+                     f"{time.perf_counter() - t0:.0f} s (oof_heads.py; cached heads reused).")
     oof, held = {}, None
-    for name, use_meta in (("evidence", False), ("evidence + metadata", True)):
-        oof[name], held = pair_oof(table, feature_names(use_meta), args.seed)
+    kinds = ((("evidence + metadata", True, False), ("evidence + metadata + head", True, True))
+             if args.head else (("evidence", False, False), ("evidence + metadata", True, False)))
+    for name, use_meta, use_head in kinds:
+        oof[name], held = pair_oof(table, feature_names(use_meta, use_head), args.seed)
         lines.append(f"Held-out pairs, {name}: ROC AUC {oof[name]['auc']} (strength {oof[name]['strength_auc']}), "
                      f"average precision {oof[name]['ap']} (strength {oof[name]['strength_ap']}) on "
                      f"{oof[name]['pairs']} pairs, 5 folds split by whale.")
@@ -232,7 +316,7 @@ def main(argv=None) -> int:
         labels = read_csv(args.labels, LABEL_COLUMNS)[list(LABEL_COLUMNS)]
         queries = scenario_of_queries(labels, args.dev)
         with tempfile.TemporaryDirectory(prefix="whalematch-oof-") as tmp:
-            subs = scenario_oof(table, photos, args, preset, Path(tmp))
+            subs = scenario_oof(table, photos, args, preset, Path(tmp), heads)
         ranking = {name: evaluation.score_by_type(sub, labels, queries) for name, sub in subs.items()}
         if args.submissions:
             args.submissions.mkdir(parents=True, exist_ok=True)
@@ -240,7 +324,7 @@ def main(argv=None) -> int:
                 sub.to_csv(args.submissions / (name.replace(":", "").replace(",", "").replace(" ", "-") + ".csv"),
                            index=False)
         lines += ["", markdown(ranking)]
-    names = feature_names(True)
+    names = feature_names(True, args.head)
     model = PairModel(names, engine.settings_key, fit(table, names, args.seed))
     importance = dict(zip(names, model.booster.feature_importance("gain")))
     top = sorted(importance.items(), key=lambda kv: -kv[1])
@@ -262,6 +346,9 @@ def main(argv=None) -> int:
         "out_of_fold_ranking": {k: {r.type: round(float(r.map20), 4) for r in t.itertuples()}
                                 for k, t in ranking.items()},
         "calibration": cal.to_json(),
+        **({"head": {**head_info(shipped_head()), "file": shipped_head().name,
+                     "training_values": "cross-fitted: each pair's head similarity by fold heads that never saw its "
+                                        "whales together (benchmarks/oof_heads.py)"}} if args.head else {}),
         "date": dt.date.today().isoformat(),
         "command": "python benchmarks/train_verifier.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }

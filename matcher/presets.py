@@ -114,7 +114,7 @@ GLOBAL_DESCRIPTORS: dict[str, dict] = {
     "asmk-disk": {"model": "asmk", "codebook": "codebook-disk-k1024-v1.json", "alpha": 3.0, "tau": 0.0},
     # Plain mean pooling, for comparison (the benchmark's baseline): ASMK with one all-zero word.
     "mean-disk": {"model": "mean", "alpha": 1.0, "tau": -1.0},
-    # A head trained on whale identities over DISK's keypoints (matcher/cascade/embedding.py; rebuilt by
+    # A head trained on whale identities over DISK's keypoints (matcher/features/global_head.py; rebuilt by
     # `make train-global`, figures out of fold in weights/global-head-disk-v1.json and benchmarks/RESULTS.md).
     "learned-disk": {"model": "learned", "weights": "global-head-disk-v1.pt"},
     "none": {"model": "none"},

@@ -45,7 +45,8 @@ def write_layout(root: Path, meta: pd.DataFrame, scenarios: dict[str, tuple[list
         (root / "databases").mkdir(exist_ok=True)
         pd.DataFrame({"query_id": qids, "query_image_id": queries}).to_csv(root / f"queries/{sid}.csv", index=False)
         pd.DataFrame({"database_image_id": database}).to_csv(root / f"databases/{sid}.csv", index=False)
-        index.append({"scenario_id": sid, "queries_path": f"queries/{sid}.csv", "database_path": f"databases/{sid}.csv"})
+        index.append({"scenario_id": sid, "queries_path": f"queries/{sid}.csv",
+                      "database_path": f"databases/{sid}.csv"})
     pd.DataFrame(index).to_csv(root / "query_scenarios.csv", index=False)
 
 

@@ -175,7 +175,8 @@ def test_k_larger_than_the_database_is_everything(whales, tmp_path, with_stage0)
     root, meta = whales
     challenge = layout.load(root)
     big = engine(tmp_path, "a", global_descriptor=with_stage0).run(challenge, CascadeSettings(k1=10_000, k2=10_000))
-    everything = engine(tmp_path, "b", global_descriptor=with_stage0).run(challenge, CascadeSettings(k1=None, k2=None, k2_max=10_000))
+    everything = engine(tmp_path, "b", global_descriptor=with_stage0).run(
+        challenge, CascadeSettings(k1=None, k2=None, k2_max=10_000))
     for q in big.queries.values():
         assert q.done1 == len(q.usable) == q.done2
     pd.testing.assert_frame_equal(big.submission, everything.submission)

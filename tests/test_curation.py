@@ -270,17 +270,29 @@ def test_cli_errors_are_reported_not_raised(tmp_path, capsys):
     assert main(["verify", "a", "b", "--calibration", str(bad), "--no-cache", "--quiet"]) == 2
 
 
-def test_search_scores_with_a_learned_pair_model_and_its_calibration(tmp_path, capsys):
+@pytest.mark.parametrize("head_vote", [False, True], ids=["evidence", "with-head-vote"])
+def test_search_scores_with_a_learned_pair_model_and_its_calibration(tmp_path, capsys, head_vote):
     """With a pair model for the preset, search's score is the model's P(same whale) and P is its own
-    calibration's; a strength calibration given for a model's scores is refused."""
+    calibration's (also for a model that reads a global head's vote); a strength calibration given for a
+    model's scores is refused."""
     pytest.importorskip("lightgbm")
     from toy_model import fit_toy_model
 
+    head_path = None
+    if head_vote:
+        torch = pytest.importorskip("torch")
+        from matcher.features.global_head import GlobalHead, build_head
+
+        torch.manual_seed(0)
+        conf = {"dim": 128, "clusters": 4, "out": 16}
+        head_path = tmp_path / "head.pt"
+        GlobalHead(conf, build_head(conf).state_dict()).save(head_path)
     meta_csv = write_catalogue(tmp_path / "cat")
     photos = read_photos(meta_csv)
     engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
     model = fit_toy_model(engine, {i: p.path for i, p in photos.items()}, {i: p.whale_id for i, p in photos.items()},
-                          {i: {"date": p.date, "viewpoint": p.viewpoint} for i, p in photos.items()})
+                          {i: {"date": p.date, "viewpoint": p.viewpoint} for i, p in photos.items()}, head_path)
+    assert model.uses_head == head_vote
     model.save(tmp_path / "model.json")
     query = save_rgb(tmp_path / "new.png", warp_affine(textured_image(101), angle=-6, scale=0.95)[0])
     out = tmp_path / "out"

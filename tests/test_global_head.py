@@ -1,4 +1,4 @@
-"""The learned global descriptor head (matcher/cascade/embedding.py): it learns identities, its int8 embeddings
+"""The learned global descriptor head (matcher/features/global_head.py): it learns identities, its int8 embeddings
 depend on the image alone, its weights load without pickle, a missing file is a WeightsError that says what to
 do, and stage 0 ``learned-disk`` runs on real photos (skipped, with the reason, when they are absent)."""
 
@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO
 from matcher import presets
-from matcher.cascade.embedding import GlobalHead, build_head, keypoint_inputs, pad_batch, similarity
+from matcher.features.global_head import GlobalHead, build_head, keypoint_inputs, pad_batch, similarity
 from matcher.errors import WeightsError
 
 torch = pytest.importorskip("torch")

@@ -13,7 +13,8 @@ from matcher import presets
 from matcher.errors import WeightsError
 from matcher.features import extractors, white_fill
 from matcher.pairs import evidence, mnn, ransac
-from matcher.pairs.model import PairModel, feature_names, feature_row, metadata_features, photo_fingerprints
+from matcher.pairs.model import (PairModel, feature_names, feature_row, head_similarity, metadata_features,
+                                  photo_fingerprints)
 
 PRESET = "sift-mnn"
 
@@ -183,3 +184,66 @@ def test_main_ranks_with_a_learned_model_and_refuses_one_made_for_other_settings
     res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model",
                    str(tmp_path / "absent.json"))
     assert res.returncode == 2 and "absent.json" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_head_vote_feature_and_a_model_that_does_not_name_its_head(tmp_path):
+    e = np.zeros(16, np.int8)
+    e[0] = 127
+    other = np.zeros(16, np.int8)
+    other[1] = 127
+    assert head_similarity({"embedding": e}, {"embedding": e}) == pytest.approx(1.0)
+    assert head_similarity({"embedding": e}, {"embedding": -e}) == pytest.approx(0.0)
+    assert head_similarity({"embedding": e}, {"embedding": other}) == pytest.approx(0.5)
+    assert math.isnan(head_similarity({"embedding": e}, {"date": "2018-01-01"}))
+    assert math.isnan(head_similarity(None, None))
+    names = feature_names(True, True)
+    assert names[-1] == "head_similarity" and "head_similarity" not in feature_names(True)
+    row = feature_row({"strength": 3.0, "evidence": {}}, {"embedding": e}, {"embedding": other}, names)
+    assert row[-1] == pytest.approx(0.5)
+    doc = {"format": "whalematch-pair-model", "version": 1, "features": names, "settings_key": "k",
+           "lightgbm_model": "tree", "info": {}}
+    (tmp_path / "nameless.json").write_text(json.dumps(doc))
+    with pytest.raises(WeightsError, match="does not say which head"):
+        PairModel.load(tmp_path / "nameless.json")
+
+
+def test_main_ranks_with_the_head_vote_and_refuses_a_head_that_is_not_the_one_trained_with(tmp_path):
+    """A pair model that reads a global head's vote ranks through main.py with that head (named by path and
+    SHA-256 in the model file); replace the head's weights and main.py stops with a message naming the file."""
+    pytest.importorskip("lightgbm")
+    torch = pytest.importorskip("torch")
+    import pandas as pd
+    from conftest import run_main
+    from scenario_factory import loo_and_split
+    from toy_model import fit_toy_model
+
+    from matcher.challenge import layout
+    from matcher.engine import Engine
+    from matcher.features.global_head import GlobalHead, build_head
+
+    conf = {"dim": 128, "clusters": 4, "out": 16}  # SIFT descriptors are 128-d like DISK's
+    torch.manual_seed(0)
+    head_path = tmp_path / "head.pt"
+    GlobalHead(conf, build_head(conf).state_dict()).save(head_path)
+    root = tmp_path / "data"
+    meta = loo_and_split(root, n_whales=8, n_loo=5, seed=11)
+    engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
+    challenge = layout.load(root)
+    paths, _ = challenge.image_paths(challenge.image_ids())
+    whale = dict(zip(meta["image_id"], meta["whale_id"]))
+    model = fit_toy_model(engine, paths, whale, challenge.photo_metadata(), head_path=head_path)
+    assert model.uses_head and model.features[-1] == "head_similarity"
+    path = tmp_path / "pair-model.json"
+    model.save(path)
+    out = tmp_path / "sub.csv"
+    res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path),
+                   "--time-budget", "none")
+    assert res.returncode == 0, res.stderr
+    sub = pd.read_csv(out, dtype=str)
+    for qid, rows in sub.groupby("query_id"):
+        assert whale[rows["database_image_id"].iloc[0]] == whale[qid.split("-", 1)[1]], rows.head(3)
+    torch.manual_seed(1)
+    GlobalHead(conf, build_head(conf).state_dict()).save(head_path)  # another head under the same name
+    res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path))
+    assert res.returncode == 2 and "head.pt" in res.stderr and "not the global head" in res.stderr
+    assert "Traceback" not in res.stderr

@@ -50,7 +50,8 @@ def test_batched_concurrent_path_gives_the_one_pair_at_a_time_verdicts(tmp_path,
 
     # the engine's way: all images through the feature stage (DISK batches the equal-size images),
     # all pairs through the verifier in small work items on two threads, verdicts through the store
-    stage = FeatureStage(conf["extractor"], "cpu", feature_store(tmp_path / "features", conf["extractor"]), progress=False)
+    stage = FeatureStage(conf["extractor"], "cpu", feature_store(tmp_path / "features", conf["extractor"]),
+                         progress=False)
     feats, bad = stage(sha_paths)
     assert not bad
     if conf["extractor"]["model"] == "disk":

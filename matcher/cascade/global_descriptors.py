@@ -25,7 +25,7 @@ measures whether it earns its place; the cascade passes every candidate
 through when no codebook is available (``model: none``).
 
 A learned alternative (``model: learned``, preset ``learned-disk``): a small head trained on whale
-identities over the same DISK keypoints (:mod:`matcher.cascade.embedding`), one int8 unit vector
+identities over the same DISK keypoints (:mod:`matcher.features.global_head`), one int8 unit vector
 per image, similarity its cosine mapped to [0, 1]. Its weights are found by
 :func:`matcher.io.weights.locate`; when asked for and missing, :class:`~matcher.errors.WeightsError`
 says how to rebuild them.
@@ -39,17 +39,18 @@ settings, the codebook's (or the head's) checksum and the features' cache key.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 
 from .. import presets
 from ..engine import Engine
 from ..errors import WeightsError
+from ..features.global_head import GlobalHead
+from ..features.global_head import similarity as cosine
 from ..io import weights
 from ..io.array_store import ArrayStore
 from .codebook import Codebook
-from .embedding import GlobalHead
-from .embedding import similarity as cosine
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def similarity_matrix(queries: list[dict], database: list[dict], conf: dict) -> 
 class GlobalStage:
     """Global descriptors per image content hash, computed from the engine's local features and cached."""
 
-    def __init__(self, name: str, engine: Engine):
+    def __init__(self, name: str, engine: Engine, head_path: Path | None = None):
+        """``head_path``: for a learned descriptor, this head file instead of the preset's."""
         if name not in presets.GLOBAL_DESCRIPTORS:
             raise KeyError(f"unknown global descriptor {name!r}; "
                            f"choose one of {', '.join(sorted(presets.GLOBAL_DESCRIPTORS))}")
@@ -121,7 +123,7 @@ class GlobalStage:
         self.head: GlobalHead | None = None
         digest = None
         if self.conf["model"] == "learned":
-            path = weights.locate(self.conf["weights"])
+            path = Path(head_path) if head_path is not None else weights.locate(self.conf["weights"])
             if path is None:
                 raise WeightsError(f"stage 0 {name!r}: the global head {self.conf['weights']} is not in "
                                    f"{' or '.join(str(d) for d in weights.project_dirs())}; rebuild it with "

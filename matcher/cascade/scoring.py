@@ -17,6 +17,7 @@ import numpy as np
 from ..engine import Engine
 from ..errors import WeightsError
 from ..pairs.model import PairModel, for_preset
+from .head_vote import with_head_embeddings
 
 log = logging.getLogger(__name__)
 PAIR_SCORES = ("auto", "strength", "learned")
@@ -56,11 +57,20 @@ def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = No
             raise
         log.info("pair score: strength (%s)", exc)
         return verdict_scores
-    log.info("pair score: %s (%d features%s)", model.source, len(model.features),
-             ", metadata too" if model.uses_metadata else "")
+    log.info("pair score: %s (%d features%s%s)", model.source, len(model.features),
+             ", metadata too" if model.uses_metadata else "", ", the global head's vote too" if model.uses_head else "")
     seen = model.trained_on(metadata or {})
     if seen:
         log.warning("pair score: %d of the %d images of this run were among the pair model's training photos: a "
                     "score measured on them is in-sample, not a result (the model's out-of-fold figures: its file, "
                     "benchmarks/RESULTS.md)", seen, len(metadata))
+    if model.uses_head:
+        try:
+            metadata = with_head_embeddings(model, engine, metadata or {})
+        except WeightsError as exc:
+            if name == "learned":
+                raise
+            log.warning("pair score: strength, not the learned model (%s)", exc)
+            return verdict_scores
     return LearnedScorer(model, metadata)
+

@@ -21,6 +21,23 @@ from ..io import weights
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def pair_model_head(preset: str) -> Path | None:
+    """The global head file the preset's shipped pair model reads, if it reads one."""
+    from ..pairs.model import PairModel, model_file
+
+    path = weights.WEIGHTS_DIR / model_file(preset)
+    if not path.is_file():
+        return None
+    model = PairModel.load(path)
+    if not model.uses_head:
+        return None
+    head = weights.WEIGHTS_DIR / Path(model.info["head"]["file"]).name
+    if not head.is_file():
+        raise WhaleMatchError(f"{path}: reads the global head {head.name}, which is not in {weights.WEIGHTS_DIR} "
+                              "(make train-global)")
+    return head
+
+
 def pack(preset: str, out: Path) -> list[str]:
     conf = presets.resolve(preset)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -39,6 +56,10 @@ def pack(preset: str, out: Path) -> list[str]:
         for name in weights.files_for(conf):
             zf.write(weights.find(name), f"weights/{name}")
             names.append(name)
+        head = pair_model_head(preset)
+        if head is not None:  # the global head the preset's pair model reads (a file the project fits itself)
+            zf.write(head, f"weights/{head.name}")
+            names.append(head.name)
         if names:  # the pretrained files' licence texts travel with them
             for text in sorted((weights.WEIGHTS_DIR / "licenses").glob("*.txt")):
                 zf.write(text, f"weights/licenses/{text.name}")

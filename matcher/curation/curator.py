@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..cascade.head_vote import head_embeddings
 from ..engine import Engine
 from ..errors import ImageError
 from ..features.stage import mirror_key
@@ -200,7 +201,13 @@ class Curator:
         scores = [None] * len(tasks)
         if self.model is not None:
             done = [i for i, v in enumerate(found) if v is not None]
-            p = self.model.scores([found[i] for i in done], [self.metadata(tasks[i]) for i in done])
+            metas = [self.metadata(tasks[i]) for i in done]
+            if self.model.uses_head:  # the global head's vote: each photo's embedding (of its mirror if mirrored)
+                keys = [self.keys(tasks[i]) for i in done]
+                emb = head_embeddings(self.model, self.engine, {k for pair in keys for k in pair})
+                metas = [({**a, "embedding": emb[ka]}, {**b, "embedding": emb[kb]})
+                         for (a, b), (ka, kb) in zip(metas, keys)]
+            p = self.model.scores([found[i] for i in done], metas)
             for i, value in zip(done, p):
                 scores[i] = float(value)
         return [self._row(t, v, score) for t, v, score in zip(tasks, found, scores)]

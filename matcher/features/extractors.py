@@ -15,8 +15,8 @@ size first, so a photo that frames the whale tighter than another (a zoomed
 crop of half the body against a whole body) still finds its scale. Only images
 of equal size share a batch, so a feature never depends on its batch-mates'
 content. With ``white_fill`` set, keypoints on the organisers' white fill (and near it) are
-dropped (:mod:`matcher.features.white_fill`). On CUDA the batch size follows from the GPU memory cap (:mod:`matcher.io.device`)
-and the working area; a batch that still runs out of memory is split (and
+dropped (:mod:`matcher.features.white_fill`). On CUDA the batch size follows from the GPU memory
+cap (:mod:`matcher.io.device`) and the working area; a batch that still runs out of memory is split (and
 later batches of that size kept smaller), and a single image that does not
 fit falls back to the CPU. On the CPU, DISK batches hold up to 4 images (its
 results are bit-identical to one image at a time); ALIKED runs one image at a

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
+from ..features.global_head import similarity
 from ..io import weights
 from ..io.atomic import atomic_path
 from . import evidence
@@ -32,6 +33,7 @@ VERSION = 1
 FINGERPRINT = 16  # hex digits of a training photo's content hash kept in the model file (PairModel.trained_on)
 LATERAL = ("left", "right")
 METADATA_FEATURES = ("days_apart", "same_date", "same_year", "views")
+HEAD_FEATURES = ("head_similarity",)  # the global head's vote: cosine of the two photos' embeddings, in [0, 1]
 VIEWS = {("top", "top"): 0.0, ("left", "top"): 1.0, ("right", "top"): 1.0, ("left", "left"): 2.0,
          ("right", "right"): 2.0, ("left", "right"): 3.0}  # top-top, top-flank, same flank, opposite flanks
 
@@ -57,15 +59,29 @@ def metadata_features(meta_a: dict | None, meta_b: dict | None) -> list[float]:
     return dates + [views]
 
 
-def feature_names(use_metadata: bool = True) -> list[str]:
-    return ["strength", *evidence.FIELDS, *(METADATA_FEATURES if use_metadata else ())]
+def head_similarity(meta_a: dict | None, meta_b: dict | None) -> float:
+    """The global head's similarity of two photos, ``(1 + cosine) / 2`` of their int8 embeddings (``embedding``
+    in each photo's dict; :mod:`matcher.features.global_head`); NaN where either is missing."""
+    a, b = (m.get("embedding") if m else None for m in (meta_a, meta_b))
+    if a is None or b is None:
+        return math.nan
+    cos = float(similarity(np.asarray(a)[None], np.asarray(b)[None])[0, 0])
+    return (1.0 + min(1.0, max(-1.0, cos))) / 2.0
+
+
+def feature_names(use_metadata: bool = True, use_head: bool = False) -> list[str]:
+    return ["strength", *evidence.FIELDS, *(METADATA_FEATURES if use_metadata else ()),
+            *(HEAD_FEATURES if use_head else ())]
 
 
 def feature_row(verdict: dict, meta_a: dict | None, meta_b: dict | None, names: list[str]) -> list[float]:
-    """One row of ``names`` for a verdict (with its evidence) and its two photos' metadata."""
+    """One row of ``names`` for a verdict (with its evidence) and its two photos' metadata (and, for the head's
+    vote, their ``embedding``)."""
     ev = verdict.get("evidence") or {}
     values = {"strength": float(verdict["strength"]), **{k: float(ev.get(k, math.nan)) for k in evidence.FIELDS},
               **dict(zip(METADATA_FEATURES, metadata_features(meta_a, meta_b)))}
+    if HEAD_FEATURES[0] in names:
+        values[HEAD_FEATURES[0]] = head_similarity(meta_a, meta_b)
     return [values[n] for n in names]
 
 
@@ -91,6 +107,12 @@ class PairModel:
     @property
     def uses_metadata(self) -> bool:
         return any(f in METADATA_FEATURES for f in self.features)
+
+    @property
+    def uses_head(self) -> bool:
+        """Whether the model reads the global head's vote (then ``info['head']`` names the head: ``file`` and
+        ``sha256``)."""
+        return any(f in HEAD_FEATURES for f in self.features)
 
     def trained_on(self, shas) -> int:
         """How many of these photos (content hashes) the model saw in training (:func:`photo_fingerprints`): a
@@ -129,10 +151,13 @@ class PairModel:
                         str(path))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise WeightsError(f"{path}: cannot load the pair model ({exc})") from None
-        unknown = set(model.features) - set(feature_names(True))
+        unknown = set(model.features) - set(feature_names(True, True))
         if unknown:
             raise WeightsError(f"{path}: the pair model uses features this version does not compute: "
                                f"{', '.join(sorted(unknown))}")
+        if model.uses_head and not {"file", "sha256"} <= set(model.info.get("head") or {}):
+            raise WeightsError(f"{path}: the pair model reads a global head's vote but does not say which head "
+                               "(info.head.file and info.head.sha256)")
         return model
 
 
