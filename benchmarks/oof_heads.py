@@ -26,7 +26,7 @@ import hashlib
 import json
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from matcher import config, presets  # noqa: E402
 from matcher.features.global_head import keypoint_inputs  # noqa: E402
-from train_global import CONF  # noqa: E402
+from head_training import CONF, CROSS_ENCOUNTER, TRAIN, embed_all, train_head  # noqa: E402
 
 log = logging.getLogger("oof_heads")
 
@@ -50,6 +50,15 @@ class Photos:
     inputs: dict[str, np.ndarray]
     whale: dict[str, str]
     sha: dict[str, str]
+    encounter: dict[str, str] = field(default_factory=dict)  # what cross-encounter training reads
+    date: dict[str, str] = field(default_factory=dict)
+    view: dict[str, str] = field(default_factory=dict)
+
+    def group(self, image_id: str, by: str) -> str:
+        """What a cross-encounter positive's two photos differ in: the encounter, or the view (top, lateral)."""
+        if by == "view":
+            return "top" if self.view.get(image_id, "top") == "top" else "lateral"
+        return self.encounter.get(image_id, "")
 
 
 def load_photos(catalogue: Path, cache_dir: Path) -> Photos:
@@ -61,7 +70,9 @@ def load_photos(catalogue: Path, cache_dir: Path) -> Photos:
     engine = Engine(presets.DEFAULT_PIPELINE, cache_dir, "cpu", progress=False)
     shas, _ = engine.prepare({i: ph.path for i, ph in photos.items()})
     inputs = {i: keypoint_inputs(engine.feature(s)).astype(np.float16) for i, s in shas.items()}
-    return Photos(inputs, {i: photos[i].whale_id for i in inputs}, dict(shas))
+    return Photos(inputs, {i: photos[i].whale_id for i in inputs}, dict(shas),
+                  {i: photos[i].encounter_id for i in inputs}, {i: photos[i].date for i in inputs},
+                  {i: photos[i].viewpoint for i in inputs})
 
 
 def head_key(photos: Photos, excluded: set[str], seed: int, train: dict) -> str:
@@ -97,14 +108,14 @@ def trained_head(photos: Photos, excluded: set[str], cache_dir: Path, seed: int,
                  ) -> tuple[Path, dict[str, np.ndarray]]:
     """The head trained without the ``excluded`` whales (from the cache, else trained now and kept there):
     its weights file and its int8 embedding of every photo."""
-    from train_global import embed_all, train_head
-
     key = head_key(photos, excluded, seed, train)
     pt, npz = head_paths(cache_dir, key)
     if not (pt.is_file() and npz.is_file()):
         ids = sorted(i for i in photos.inputs if photos.whale[i] not in excluded)
         log.info("training %s without %d whales (%d photos)", key, len(excluded), len(ids))
-        head = train_head([photos.inputs[i] for i in ids], [photos.whale[i] for i in ids], seed, train)
+        head = train_head([photos.inputs[i] for i in ids], [photos.whale[i] for i in ids], seed, train,
+                          encounters=[photos.group(i, train.get("cross_by", "encounter")) for i in ids],
+                          dates=[photos.date.get(i, "") for i in ids])
         head.info["excluded_whales"] = sorted(excluded)
         pt.parent.mkdir(parents=True, exist_ok=True)
         head.save(pt)
@@ -116,8 +127,6 @@ def trained_head(photos: Photos, excluded: set[str], cache_dir: Path, seed: int,
 
 
 def main(argv=None) -> int:
-    from train_global import TRAIN
-
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--catalogue", type=Path, default=REPO.parent / "shared" / "belugas")
     p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir())
@@ -126,6 +135,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="k/n: train every n-th missing head from the k-th")
+    p.add_argument("--folds-only", action="store_true", help="the fold heads only, not the scenario heads")
+    p.add_argument("--cross-encounter", type=float, default=0.0,
+                   help="heads with this weight of the cross-encounter term (as train_global.py's option)")
+    p.add_argument("--structured", type=float, default=CROSS_ENCOUNTER["structured"],
+                   help="share of each batch built for the cross-encounter term (the rest drawn at random)")
+    p.add_argument("--cross-by", choices=("encounter", "view"), default="encounter")
     args = p.parse_args(argv)
     config.setup_logging(False)
     logging.getLogger("oof_heads").setLevel(logging.INFO)
@@ -135,9 +150,15 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     k, n = (int(v) for v in args.shard.split("/"))
     photos = load_photos(args.catalogue, args.cache_dir)
-    wanted = sorted(exclusions(photos, args.dev if args.dev.exists() else None, args.folds, args.seed).items())
+    dev = args.dev if args.dev.exists() and not args.folds_only else None
+    wanted = sorted(exclusions(photos, dev, args.folds, args.seed).items())
+    train = dict(TRAIN)
+    if args.cross_encounter > 0:  # the settings train_global.py uses for the same options (the same cache key)
+        train.update({**CROSS_ENCOUNTER, "cross_encounter": args.cross_encounter, "structured": args.structured})
+        if args.cross_by != "encounter":
+            train["cross_by"] = args.cross_by
     for name, excluded in wanted[k::n]:
-        pt, _ = trained_head(photos, excluded, args.cache_dir, args.seed, TRAIN)
+        pt, _ = trained_head(photos, excluded, args.cache_dir, args.seed, train)
         print(f"{name}: {pt.name} (without {len(excluded)} whales)")
     return 0
 

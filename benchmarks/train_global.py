@@ -43,88 +43,35 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from matcher import config, presets  # noqa: E402
-from matcher.features.global_head import GlobalHead, build_head, keypoint_inputs, pad_batch  # noqa: E402
+import oof_heads  # noqa: E402
+from head_training import CONF, CROSS_ENCOUNTER, TRAIN, embed_all, train_head  # noqa: E402
+from matcher.features.global_head import keypoint_inputs  # noqa: E402
 from matcher.features.global_head import similarity as cosine  # noqa: E402
 from whale_folds import whale_folds  # noqa: E402
 
 log = logging.getLogger("train_global")
-CONF = {"dim": 128, "clusters": 32, "out": 256}
-TRAIN = {"epochs": 50, "batch": 64, "keypoints": 256, "lr": 3e-3, "weight_decay": 1e-4, "margin": 0.15,
-         "scale": 20.0, "subcenters": 2, "min_photos": 1}
 KS = [10, 20, 40, 80]
-
-
-# --- training ----------------------------------------------------------------------------------------
-
-
-def train_head(inputs: list[np.ndarray], labels: list[str], seed: int = 0, train: dict | None = None,
-               conf: dict | None = None) -> GlobalHead:
-    """A head trained on the keypoint inputs of photos labelled by whale. Whales with fewer than
-    ``train['min_photos']`` photos are left out; those kept with one photo are classes of their own
-    (negatives for every other). Each step takes a batch of photos, each a random subset of its keypoints
-    (an augmentation and a bound on the work); AdamW with a one-cycle schedule; fixed seed."""
-    import torch
-    from torch.nn import functional as F
-
-    train, conf = {**TRAIN, **(train or {})}, {**CONF, **(conf or {})}
-    counts = pd.Series(labels).value_counts()
-    keep = [i for i, w in enumerate(labels) if counts[w] >= train["min_photos"]]
-    inputs, labels = [inputs[i] for i in keep], [labels[i] for i in keep]
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    classes = sorted(set(labels))
-    index = {w: i for i, w in enumerate(classes)}
-    y_all = np.array([index[w] for w in labels])
-    head = build_head(conf)
-    k = int(train["subcenters"])
-    weight = torch.nn.Parameter(torch.randn(len(classes) * k, conf["out"]) * 0.01)
-    opt = torch.optim.AdamW(list(head.parameters()) + [weight], lr=train["lr"], weight_decay=train["weight_decay"])
-    steps = train["epochs"] * int(np.ceil(len(inputs) / train["batch"]))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=train["lr"], total_steps=steps, pct_start=0.1)
-    cos_m, sin_m = float(np.cos(train["margin"])), float(np.sin(train["margin"]))
-    started = time.perf_counter()
-    for epoch in range(train["epochs"]):
-        order = rng.permutation(len(inputs))
-        total = 0.0
-        for start in range(0, len(order), train["batch"]):
-            idx = order[start:start + train["batch"]]
-            xs = []
-            for i in idx:
-                x = inputs[i]
-                if len(x) > train["keypoints"]:
-                    x = x[np.sort(rng.choice(len(x), train["keypoints"], replace=False))]
-                xs.append(np.asarray(x, np.float32))
-            x, mask = pad_batch(xs, conf["dim"] + 3)
-            emb = head(torch.from_numpy(x), torch.from_numpy(mask))
-            cos = (emb @ F.normalize(weight, dim=-1).T).view(len(idx), len(classes), k).max(-1).values
-            y = torch.from_numpy(y_all[idx])
-            target = cos.gather(1, y[:, None]).clamp(-1 + 1e-7, 1 - 1e-7)
-            with_margin = target * cos_m - torch.sqrt(1 - target ** 2) * sin_m
-            logits = cos.scatter(1, y[:, None], with_margin) * train["scale"]
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.item() * len(idx)
-        log.debug("epoch %d: loss %.3f", epoch, total / len(inputs))
-    seconds = time.perf_counter() - started
-    log.info("global head: %d photos of %d whales, %d epochs in %.0f s (last loss %.3f)", len(inputs),
-             len(classes), train["epochs"], seconds, total / len(inputs))
-    state = {k_: v.detach().clone() for k_, v in head.state_dict().items()}
-    return GlobalHead(conf, state, {"train": train, "seed": seed, "photos": len(inputs), "whales": len(classes),
-                                    "train_seconds": round(seconds, 1)})
-
-
-def embed_all(head: GlobalHead, inputs: dict[str, np.ndarray], ids) -> dict[str, np.ndarray]:
-    """int8 embedding per image id, each computed alone from all its keypoints."""
-    return {i: head.embed_inputs(inputs[i]) for i in ids}
-
-
 def data_digest(photos: dict, shas: dict[str, str]) -> str:
     """SHA-256 of the (image id, content hash, whale) rows the head is trained on."""
     rows = "\n".join(f"{i},{shas[i]},{photos[i].whale_id}" for i in sorted(shas))
     return hashlib.sha256(rows.encode()).hexdigest()
+
+
+def flipped_embeddings(fold_heads: dict[int, Path], emb: dict[int, dict[str, np.ndarray]], engine, photos, shas,
+                       ids) -> dict[int, dict[str, np.ndarray]]:
+    """Per fold head, each photo's test-time-flip embedding: the mean of its embedding and its mirror's (the
+    mirrored photo's DISK features, extracted once and cached), normalised and stored as int8."""
+    from matcher.features.global_head import GlobalHead, flip_average
+    from matcher.features.stage import mirror_key
+
+    engine.mirrored_features({shas[i]: photos[i].path for i in ids})
+    out = {}
+    for f, path in fold_heads.items():
+        head = GlobalHead.load(path)
+        out[f] = {}
+        for i in ids:
+            out[f][i] = flip_average(emb[f][i], head.embed(engine.feature(mirror_key(shas[i]))))
+    return out
 
 
 # --- evaluation on the development scenarios ------------------------------------------------------
@@ -242,9 +189,10 @@ def bridged_sims(result, sims: dict[str, np.ndarray], photos, engine, shas_by_id
     return out
 
 
-def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True) -> tuple[list[str], dict]:
-    """The development tables (recall@K, mAP@20 per type) of the out-of-fold heads, ASMK, mean pooling and
-    the engine, alone and fused. Returns Markdown lines and the figures for the JSON."""
+def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True, emb_flip=None) -> tuple[list[str], dict]:
+    """The development tables (recall@K, mAP@20 per type) of the out-of-fold heads (and with test-time flip when
+    ``emb_flip``), ASMK, mean pooling and the engine, alone and fused. Returns Markdown lines and the figures for
+    the JSON."""
     import cascade as bench
 
     from matcher.cascade.global_descriptors import GlobalStage
@@ -278,6 +226,9 @@ def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True) -> tup
     variants = {"learned head (OOF)": with_stage0(result, sims["head"]), "ASMK": result,
                 "head + ASMK (OOF)": with_stage0(result, sims["head+asmk"]),
                 "mean pooling": with_stage0(result, sims["mean"])}
+    if emb_flip is not None:
+        sims["flip"] = head_sims(result, emb_flip, fold_of_query)
+        variants["head + flip TTA (OOF)"] = with_stage0(result, sims["flip"])
     recall = {}
     for name, res in variants.items():
         table = bench.recall_table(res, labels, qtypes, KS, 0)
@@ -291,6 +242,9 @@ def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True) -> tup
             "ASMK alone": bench.map_by_type(bench.submission_for(result, 0, 0, "stage0"), labels, qtypes),
             "head + ASMK (OOF)": bench.map_by_type(bench.submission_for(variants["head + ASMK (OOF)"], 0, 0,
                                                                         "stage0"), labels, qtypes)}
+    if emb_flip is not None:
+        maps["head + flip TTA alone (OOF)"] = bench.map_by_type(
+            bench.submission_for(variants["head + flip TTA (OOF)"], 0, 0, "stage0"), labels, qtypes)
     coefs = {"stage 0: head + ASMK": coefs0}
     t0 = time.perf_counter()
     sims["bridge"] = bridged_sims(result, sims["head"], photos, engine, shas_by_id)
@@ -334,10 +288,10 @@ def rebuild_args(argv: list[str]) -> list[str]:
         if skip:
             skip = False
             continue
-        if a in ("--oof-cache", "--report"):
+        if a == "--report":
             skip = True
             continue
-        if not a.startswith(("--oof-cache=", "--report=")):
+        if not a.startswith("--report="):
             out.append(a)
     return out
 
@@ -358,13 +312,19 @@ def main(argv=None) -> int:
     p.add_argument("--keypoints", type=int, default=TRAIN["keypoints"], help="keypoints per photo per step")
     p.add_argument("--min-photos", type=int, default=TRAIN["min_photos"],
                    help="train only on whales with at least this many photos")
+    p.add_argument("--cross-encounter", type=float, default=0.0,
+                   help="weight of the cross-encounter term (head_training.CROSS_ENCOUNTER; 0: off)")
+    p.add_argument("--structured", type=float, default=CROSS_ENCOUNTER["structured"],
+                   help="share of each batch built for the cross-encounter term (the rest drawn at random)")
+    p.add_argument("--cross-by", choices=("encounter", "view"), default="encounter",
+                   help="what a cross-encounter positive's two photos differ in (view: a top and a lateral photo)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-eval", action="store_true", help="train and ship only")
     p.add_argument("--no-rerank", action="store_true", help="figures without re-ranking only")
     p.add_argument("--report", type=Path, default=None, help="write the Markdown report here too")
-    p.add_argument("--oof-cache", type=Path, default=None,
-                   help="keep the fold heads' embeddings of the development photos in this .npz (reused when it "
-                        "exists: the same settings are the caller's responsibility)")
+    p.add_argument("--flip-tta", action="store_true",
+                   help="also measure the head with test-time flip: the embeddings of the photo and of its mirror "
+                        "averaged (extracts the mirrored development photos' features once, cached)")
     p.add_argument("--skip-ship", action="store_true", help="out-of-fold figures only")
     args = p.parse_args(argv)
     config.setup_logging(False)
@@ -377,6 +337,10 @@ def main(argv=None) -> int:
 
     started = time.perf_counter()
     train = {**TRAIN, "epochs": args.epochs, "keypoints": args.keypoints, "min_photos": args.min_photos}
+    if args.cross_encounter > 0:  # only then in the settings (the key of the heads trained without it stays)
+        train.update({**CROSS_ENCOUNTER, "cross_encounter": args.cross_encounter, "structured": args.structured})
+        if args.cross_by != "encounter":
+            train["cross_by"] = args.cross_by
     photos = read_photos(args.catalogue / "metadata.csv")
     engine = Engine(presets.DEFAULT_PIPELINE, args.cache_dir, "cpu", progress=False)
     t0 = time.perf_counter()
@@ -385,6 +349,8 @@ def main(argv=None) -> int:
     t_inputs = time.perf_counter() - t0
     ids = sorted(inputs)
     whale = {i: photos[i].whale_id for i in ids}
+    encounter, date = {i: photos[i].encounter_id for i in ids}, {i: photos[i].date for i in ids}
+    view = {i: photos[i].viewpoint for i in ids}
     lines = [(f"Catalogue {args.catalogue.name}: {len(ids)} photos ({len(bad)} unusable) of "
               f"{len(set(whale.values()))} whales; DISK features read from the cache and turned into head inputs in "
               f"{t_inputs:.0f} s ({engine.stats.features_extracted} extracted now); head {json.dumps(CONF)}, "
@@ -395,29 +361,29 @@ def main(argv=None) -> int:
         from matcher.challenge import layout
 
         needed = sorted(i for i in layout.load(args.dev).image_ids() if i in inputs)
-        emb = {}
-        if args.oof_cache and args.oof_cache.is_file():  # the fold heads' embeddings of an earlier run
-            saved = np.load(args.oof_cache)
-            fold_seconds = saved["seconds"].tolist()
-            emb = {f: dict(zip(needed, saved[f"fold{f}"])) for f in range(args.folds)}
-        for f in range(args.folds if not emb else 0):
-            tr = [i for i in ids if fold_of[whale[i]] != f]
-            head = train_head([inputs[i] for i in tr], [whale[i] for i in tr], args.seed, train)
-            fold_seconds.append(head.info["train_seconds"])
-            emb[f] = embed_all(head, inputs, needed)
-        if args.oof_cache and not args.oof_cache.is_file():
-            np.savez(args.oof_cache, seconds=np.array(fold_seconds),
-                     **{f"fold{f}": np.stack([emb[f][i] for i in needed]) for f in emb})
+        pool = oof_heads.Photos(inputs, whale, dict(shas), encounter, date, view)
+        emb, fold_heads = {}, {}
+        for f in range(args.folds):  # trained once, kept in the cache (oof_heads.py), reused by later runs
+            excluded = {w for w, k in fold_of.items() if k == f}
+            fold_heads[f], all_emb = oof_heads.trained_head(pool, excluded, args.cache_dir, args.seed, train)
+            emb[f] = {i: all_emb[i] for i in needed}
+            fold_seconds.append(json.loads(fold_heads[f].with_suffix(".json").read_text())["info"]["train_seconds"])
+        if args.flip_tta:
+            emb_flip = flipped_embeddings(fold_heads, emb, engine, photos, shas, needed)
         lines.append(f"Out-of-fold heads: {args.folds} folds by whale, {np.mean(fold_seconds):.0f} s of training "
                      f"each.")
-        more, figures = evaluate(args, inputs, photos, fold_of, emb, not args.no_rerank)
+        more, figures = evaluate(args, inputs, photos, fold_of, emb, not args.no_rerank,
+                                 emb_flip if args.flip_tta else None)
         lines += [""] + more
     if args.skip_ship:
         print("\n".join(lines))
         if args.report:
             args.report.write_text("\n".join(lines) + "\n")
         return 0
-    head = train_head([inputs[i] for i in ids], [whale[i] for i in ids], args.seed, train)
+    pool = oof_heads.Photos(inputs, whale, dict(shas), encounter, date, view)
+    head = train_head([inputs[i] for i in ids], [whale[i] for i in ids], args.seed, train,
+                      encounters=[pool.group(i, train.get("cross_by", "encounter")) for i in ids],
+                      dates=[date[i] for i in ids])
     t0 = time.perf_counter()
     sample = ids[:200]
     embed_all(head, inputs, sample)

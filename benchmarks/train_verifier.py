@@ -171,7 +171,7 @@ def head_features(table: pd.DataFrame, args) -> tuple[pd.DataFrame, dict[str, Pa
     trained without each development scenario's whales, by scenario id (``oof_heads.py``; trained now where
     its cache lacks it)."""
     import oof_heads
-    from train_global import TRAIN
+    from head_training import TRAIN
 
     photos = oof_heads.load_photos(args.catalogue, args.cache_dir)
     wanted = oof_heads.exclusions(photos, args.dev, 5, args.seed)

@@ -50,7 +50,7 @@ def random_head(conf: dict, seed: int = 0) -> GlobalHead:
 
 
 def test_tiny_head_learns_to_separate_identities():
-    import train_global
+    import head_training
 
     whales, background, rng = synthetic_catalogue(4, 16, seed=3)
     feats, labels = [], []
@@ -59,7 +59,7 @@ def test_tiny_head_learns_to_separate_identities():
             feats.append(synthetic_photo(marks, places, background, rng))
             labels.append(f"whale{w}")
     torch.set_num_threads(1)
-    head = train_global.train_head([keypoint_inputs(f) for f in feats], labels, seed=0, conf=TINY,
+    head = head_training.train_head([keypoint_inputs(f) for f in feats], labels, seed=0, conf=TINY,
                                    train={"epochs": 30, "batch": 16, "keypoints": 10, "lr": 1e-2})
     # New photos of the same whales: each one's nearest other photo is of its own whale.
     test = [(w, synthetic_photo(m, p, background, rng)) for w, (m, p) in enumerate(whales) for _ in range(4)]
@@ -166,3 +166,39 @@ def test_learned_stage0_on_real_photos(belugas, tmp_path, monkeypatch):
         cos = similarity(stage.loaded[shas[q.query_image]]["emb"][None], emb)[0]
         np.testing.assert_allclose(expected, (1 + np.clip(cos, -1, 1)) / 2)
         assert len(result.final_ranking(q, len(q.order0), 0)) == 2
+
+
+def test_flip_stage0_averages_each_image_with_its_mirror(tmp_path, monkeypatch):
+    """``learned-disk-flip``: each image's embedding is the normalised mean of its own and its mirror's (whose
+    features the stage extracts and caches), kept apart from the plain head's cache."""
+    import cv2
+
+    from conftest import textured_image
+    from matcher.cascade.global_descriptors import GlobalStage
+    from matcher.engine import Engine
+    from matcher.features.global_head import flip_average
+    from matcher.features.stage import mirror_key
+
+    conf = {"dim": 128, "clusters": 4, "out": 32}
+    head = random_head(conf, seed=2)
+    head.save(tmp_path / presets.GLOBAL_DESCRIPTORS["learned-disk"]["weights"])
+    monkeypatch.setenv("WHALEMATCH_WEIGHTS_DIR", str(tmp_path))
+    paths = {}
+    for k in range(2):
+        paths[f"img{k}"] = tmp_path / f"img{k}.png"
+        cv2.imwrite(str(paths[f"img{k}"]), textured_image(30 + k)[:, :, ::-1])
+    engine = Engine("sift-mnn", tmp_path / "cache", "cpu", progress=False)  # SIFT: 128-d like DISK, no weights
+    shas, bad = engine.prepare(paths)
+    assert not bad
+    plain, flip = GlobalStage("learned-disk", engine), GlobalStage("learned-disk-flip", engine)
+    assert plain.key != flip.key
+    plain.describe(shas.values())
+    flip.describe(shas.values())
+    for sha in shas.values():
+        mirrored = engine.feature(mirror_key(sha))  # extracted by the flip stage
+        assert not np.array_equal(mirrored["keypoints"], engine.feature(sha)["keypoints"])
+        expected = flip_average(head.embed(engine.feature(sha)), head.embed(mirrored))
+        assert np.array_equal(flip.loaded[sha]["emb"], expected)
+        assert not np.array_equal(expected, plain.loaded[sha]["emb"])
+        norm = np.linalg.norm(expected.astype(float)) / 127
+        assert abs(norm - 1) < 0.02

@@ -46,7 +46,8 @@ import numpy as np
 from .. import presets
 from ..engine import Engine
 from ..errors import WeightsError
-from ..features.global_head import GlobalHead
+from ..features.global_head import GlobalHead, flip_average
+from ..features.stage import mirror_key
 from ..features.global_head import similarity as cosine
 from ..io import weights
 from ..io.array_store import ArrayStore
@@ -157,12 +158,20 @@ class GlobalStage:
         """Compute (or load) the global descriptors of prepared images."""
         if not self.enabled:
             return
+        stored = {}
         for sha in shas:
-            if sha in self.loaded:
-                continue
-            g = self.store.get(sha)
+            if sha not in self.loaded:
+                stored[sha] = self.store.get(sha)
+        if self.head is not None and self.conf.get("flip"):  # the mirrors of the images still to describe
+            todo = {sha: self.engine.image_paths[sha] for sha, g in stored.items() if g is None}
+            if todo:
+                self.engine.mirrored_features(todo)
+        for sha, g in stored.items():
             if g is None and self.head is not None:
-                g = {"emb": self.head.embed(self.engine.feature(sha))}
+                emb = self.head.embed(self.engine.feature(sha))
+                if self.conf.get("flip"):
+                    emb = flip_average(emb, self.head.embed(self.engine.feature(mirror_key(sha))))
+                g = {"emb": emb}
                 self.store.put(sha, g)
                 self.computed += 1
             elif g is None:

@@ -139,3 +139,10 @@ class GlobalHead:
 def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Cosine similarity of int8 embeddings (rows), exact: (len(a), len(b))."""
     return (np.asarray(a, np.int32) @ np.asarray(b, np.int32).T).astype(np.float64) / (QUANT * QUANT)
+
+
+def flip_average(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Test-time flip: the int8 embeddings of an image and of its mirror averaged, renormalised, as int8."""
+    v = np.asarray(a, np.float64) + np.asarray(b, np.float64)
+    n = np.linalg.norm(v)
+    return np.round(QUANT * v / n).astype(np.int8) if n > 0 else np.zeros(len(v), np.int8)
