@@ -94,10 +94,11 @@ train-verifier:
 
 ## train-global: retrain the learned global descriptor head weights/global-head-disk-v1.pt (stage 0 learned-disk) on
 ##               every photo of CATALOGUE (fixed seed, DISK features from CACHE_DIR), with its out-of-fold figures on
-##               DEV_DIR (5 folds split by whale) written into weights/global-head-disk-v1.json
+##               DEV_DIR (5 folds split by whale; with test-time flip, which extracts the mirrored development
+##               photos' features once) written into weights/global-head-disk-v1.json
 train-global:
 	$(PY) benchmarks/train_global.py --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --dev $(DEV_DIR) \
-		--labels $(LABELS) --seed 0 --out weights/global-head-disk-v1.pt
+		--labels $(LABELS) --seed 0 --flip-tta --out weights/global-head-disk-v1.pt
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
 ##        projection to the challenge's full test, on the GPU if there is one, else the CPU (a few minutes there);

@@ -189,10 +189,12 @@ def bridged_sims(result, sims: dict[str, np.ndarray], photos, engine, shas_by_id
     return out
 
 
-def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True, emb_flip=None) -> tuple[list[str], dict]:
+def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True, emb_flip=None,
+             head_of_query: dict | None = None) -> tuple[list[str], dict]:
     """The development tables (recall@K, mAP@20 per type) of the out-of-fold heads (and with test-time flip when
-    ``emb_flip``), ASMK, mean pooling and the engine, alone and fused. Returns Markdown lines and the figures for
-    the JSON."""
+    ``emb_flip``), ASMK, mean pooling and the engine, alone and fused. ``emb``: embeddings per head, a query
+    scored by the head of its whale's fold, or by ``head_of_query[query id]`` when given (the fusions are fitted
+    by whale folds either way). Returns Markdown lines and the figures for the JSON."""
     import cascade as bench
 
     from matcher.cascade.global_descriptors import GlobalStage
@@ -218,7 +220,8 @@ def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True, emb_fl
     dbmax = max(len(q.order0) for q in result.queries.values())
 
     t0 = time.perf_counter()
-    sims = {"head": head_sims(result, emb, fold_of_query)}
+    scored_by = head_of_query or fold_of_query
+    sims = {"head": head_sims(result, emb, scored_by)}
     sim_seconds = time.perf_counter() - t0
     sims["mean"] = stage_sims(result, GlobalStage("mean-disk", engine), shas_by_id)
     rows = {rr: pair_rows(result, sims["head"], relevant, rr) for rr in (True, False)}
@@ -227,12 +230,14 @@ def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True, emb_fl
                 "head + ASMK (OOF)": with_stage0(result, sims["head+asmk"]),
                 "mean pooling": with_stage0(result, sims["mean"])}
     if emb_flip is not None:
-        sims["flip"] = head_sims(result, emb_flip, fold_of_query)
+        sims["flip"] = head_sims(result, emb_flip, scored_by)
         variants["head + flip TTA (OOF)"] = with_stage0(result, sims["flip"])
     recall = {}
     for name, res in variants.items():
         table = bench.recall_table(res, labels, qtypes, KS, 0)
         recall[name] = table[[f"s0@{k}" for k in KS]].rename(columns=lambda c: c.replace("s0@", "@"))
+    # stage 1's order breaks ties between equal verified scores by stage 0: ASMK's here, the engine's default
+    table = bench.recall_table(result, labels, qtypes, KS, 0)
     recall["stage 1 (verified, all candidates)"] = table[[f"s1@{k}" for k in KS]].rename(
         columns=lambda c: c.replace("s1@", "@"))
     recall["chance"] = table[[f"chance@{k}" for k in KS]].rename(columns=lambda c: c.replace("chance@", "@"))
@@ -273,8 +278,10 @@ def evaluate(args, inputs, photos, fold_of, emb, rerank_too: bool = True, emb_fl
     lines = []
     rec = pd.concat(recall, axis=1)
     lines += [("Recall of the true matches in the top K of the candidates (fraction of true pairs), per scenario "
-               f"type; the head out of fold ({len(emb)} folds by whale, a query scored by the head that saw none of "
-               "its whale's photos):"), "```", rec.to_string(float_format=lambda x: f"{x:.3f}"), "```", "",
+               "type; the head out of fold (" + (f"{len(emb)} heads, a query scored by the head trained without any "
+               "whale of its scenario" if head_of_query else f"{len(emb)} folds by whale, a query scored by the head "
+               "that saw none of its whale's photos") + "):"), "```",
+              rec.to_string(float_format=lambda x: f"{x:.3f}"), "```", "",
               "mAP@20 per scenario type (challenge metric); fusion fitted out of fold by the same whale folds:",
               "```", maps.to_string(float_format=lambda x: f"{x:.3f}"), "```",
               f"Fusion coefficients per fold: {json.dumps(coefs)}"]
@@ -318,6 +325,9 @@ def main(argv=None) -> int:
                    help="share of each batch built for the cross-encounter term (the rest drawn at random)")
     p.add_argument("--cross-by", choices=("encounter", "view"), default="encounter",
                    help="what a cross-encounter positive's two photos differ in (view: a top and a lateral photo)")
+    p.add_argument("--split", choices=("folds", "scenario"), default="folds",
+                   help="out-of-fold heads by whale folds, or one per development scenario trained without any of "
+                        "its whales (stricter: the database's other whales unseen too)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--skip-eval", action="store_true", help="train and ship only")
     p.add_argument("--no-rerank", action="store_true", help="figures without re-ranking only")
@@ -363,17 +373,25 @@ def main(argv=None) -> int:
         needed = sorted(i for i in layout.load(args.dev).image_ids() if i in inputs)
         pool = oof_heads.Photos(inputs, whale, dict(shas), encounter, date, view)
         emb, fold_heads = {}, {}
-        for f in range(args.folds):  # trained once, kept in the cache (oof_heads.py), reused by later runs
-            excluded = {w for w, k in fold_of.items() if k == f}
+        if args.split == "scenario":  # a head per scenario, trained without any of its whales
+            wanted = {k: v for k, v in oof_heads.exclusions(pool, args.dev, args.folds, args.seed).items()
+                      if not k.startswith("fold")}
+            head_of_query = {qid: sc.scenario_id for sc in layout.load(args.dev).scenarios
+                             for qid in sc.queries["query_id"]}
+        else:  # a head per fold of whales; a query is scored by its whale's fold's head
+            wanted = {f: {w for w, k in fold_of.items() if k == f} for f in range(args.folds)}
+            head_of_query = None
+        for f, excluded in wanted.items():  # trained once, kept in the cache (oof_heads.py), reused by later runs
             fold_heads[f], all_emb = oof_heads.trained_head(pool, excluded, args.cache_dir, args.seed, train)
             emb[f] = {i: all_emb[i] for i in needed}
             fold_seconds.append(json.loads(fold_heads[f].with_suffix(".json").read_text())["info"]["train_seconds"])
         if args.flip_tta:
             emb_flip = flipped_embeddings(fold_heads, emb, engine, photos, shas, needed)
-        lines.append(f"Out-of-fold heads: {args.folds} folds by whale, {np.mean(fold_seconds):.0f} s of training "
-                     f"each.")
+        lines.append(f"Out-of-fold heads: {len(wanted)} ({args.split}: " +
+                     ("each trained without one scenario's whales, query or database" if head_of_query else
+                      f"{args.folds} folds by whale") + f"), {np.mean(fold_seconds):.0f} s of training each.")
         more, figures = evaluate(args, inputs, photos, fold_of, emb, not args.no_rerank,
-                                 emb_flip if args.flip_tta else None)
+                                 emb_flip if args.flip_tta else None, head_of_query)
         lines += [""] + more
     if args.skip_ship:
         print("\n".join(lines))
