@@ -27,6 +27,29 @@ TRAIN = {"epochs": 50, "batch": 64, "keypoints": 256, "lr": 3e-3, "weight_decay"
 CROSS_ENCOUNTER = {"cross_encounter": 0.0, "tau": 0.1, "structured": 0.5}
 
 
+def add_cross_options(parser, prefix: str = "") -> None:
+    """The command-line options of the cross-encounter term (``--<prefix>cross-encounter`` and the rest)."""
+    parser.add_argument(f"--{prefix}cross-encounter", type=float, default=0.0,
+                        help="weight of the head's cross-encounter term (head_training.CROSS_ENCOUNTER; 0: off)")
+    parser.add_argument(f"--{prefix}structured", type=float, default=CROSS_ENCOUNTER["structured"],
+                        help="share of each batch built for the cross-encounter term (the rest drawn at random)")
+    parser.add_argument(f"--{prefix}cross-by", choices=("encounter", "view"), default="encounter",
+                        help="what a cross-encounter positive's two photos differ in (view: a top and a lateral)")
+
+
+def train_settings(args, base: dict | None = None, prefix: str = "") -> dict:
+    """The training settings of :func:`add_cross_options`' values over ``base`` (``TRAIN``). The cross-encounter
+    keys enter only when the term is on, so heads trained without it keep their cache keys."""
+    train = dict(base or TRAIN)
+    attr = prefix.replace("-", "_")
+    weight = getattr(args, f"{attr}cross_encounter")
+    if weight > 0:
+        train.update({**CROSS_ENCOUNTER, "cross_encounter": weight, "structured": getattr(args, f"{attr}structured")})
+        if getattr(args, f"{attr}cross_by") != "encounter":
+            train["cross_by"] = getattr(args, f"{attr}cross_by")
+    return train
+
+
 def encounter_batches(labels: list[str], encounters: list[str], dates: list[str], batch: int, n_batches: int,
                       rng) -> list[tuple[np.ndarray, np.ndarray]]:
     """``n_batches`` batches of photo indices, with for each the index in the batch of its cross-encounter

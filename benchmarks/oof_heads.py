@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE))
 
 from matcher import config, presets  # noqa: E402
 from matcher.features.global_head import keypoint_inputs  # noqa: E402
-from head_training import CONF, CROSS_ENCOUNTER, TRAIN, embed_all, train_head  # noqa: E402
+from head_training import CONF, add_cross_options, embed_all, train_head, train_settings  # noqa: E402
 
 log = logging.getLogger("oof_heads")
 
@@ -136,11 +136,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--shard", default="0/1", help="k/n: train every n-th missing head from the k-th")
     p.add_argument("--folds-only", action="store_true", help="the fold heads only, not the scenario heads")
-    p.add_argument("--cross-encounter", type=float, default=0.0,
-                   help="heads with this weight of the cross-encounter term (as train_global.py's option)")
-    p.add_argument("--structured", type=float, default=CROSS_ENCOUNTER["structured"],
-                   help="share of each batch built for the cross-encounter term (the rest drawn at random)")
-    p.add_argument("--cross-by", choices=("encounter", "view"), default="encounter")
+    add_cross_options(p)
     args = p.parse_args(argv)
     config.setup_logging(False)
     logging.getLogger("oof_heads").setLevel(logging.INFO)
@@ -152,11 +148,7 @@ def main(argv=None) -> int:
     photos = load_photos(args.catalogue, args.cache_dir)
     dev = args.dev if args.dev.exists() and not args.folds_only else None
     wanted = sorted(exclusions(photos, dev, args.folds, args.seed).items())
-    train = dict(TRAIN)
-    if args.cross_encounter > 0:  # the settings train_global.py uses for the same options (the same cache key)
-        train.update({**CROSS_ENCOUNTER, "cross_encounter": args.cross_encounter, "structured": args.structured})
-        if args.cross_by != "encounter":
-            train["cross_by"] = args.cross_by
+    train = train_settings(args)  # the settings train_global.py uses for the same options (same cache key)
     for name, excluded in wanted[k::n]:
         pt, _ = trained_head(photos, excluded, args.cache_dir, args.seed, train)
         print(f"{name}: {pt.name} (without {len(excluded)} whales)")

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 
 from matcher import config, presets  # noqa: E402
 import oof_heads  # noqa: E402
-from head_training import CONF, CROSS_ENCOUNTER, TRAIN, embed_all, train_head  # noqa: E402
+from head_training import CONF, TRAIN, add_cross_options, embed_all, train_head, train_settings  # noqa: E402
 from matcher.features.global_head import keypoint_inputs  # noqa: E402
 from matcher.features.global_head import similarity as cosine  # noqa: E402
 from whale_folds import whale_folds  # noqa: E402
@@ -319,12 +319,7 @@ def main(argv=None) -> int:
     p.add_argument("--keypoints", type=int, default=TRAIN["keypoints"], help="keypoints per photo per step")
     p.add_argument("--min-photos", type=int, default=TRAIN["min_photos"],
                    help="train only on whales with at least this many photos")
-    p.add_argument("--cross-encounter", type=float, default=0.0,
-                   help="weight of the cross-encounter term (head_training.CROSS_ENCOUNTER; 0: off)")
-    p.add_argument("--structured", type=float, default=CROSS_ENCOUNTER["structured"],
-                   help="share of each batch built for the cross-encounter term (the rest drawn at random)")
-    p.add_argument("--cross-by", choices=("encounter", "view"), default="encounter",
-                   help="what a cross-encounter positive's two photos differ in (view: a top and a lateral photo)")
+    add_cross_options(p)
     p.add_argument("--split", choices=("folds", "scenario"), default="folds",
                    help="out-of-fold heads by whale folds, or one per development scenario trained without any of "
                         "its whales (stricter: the database's other whales unseen too)")
@@ -346,11 +341,8 @@ def main(argv=None) -> int:
     from matcher.io.catalogue import read_photos
 
     started = time.perf_counter()
-    train = {**TRAIN, "epochs": args.epochs, "keypoints": args.keypoints, "min_photos": args.min_photos}
-    if args.cross_encounter > 0:  # only then in the settings (the key of the heads trained without it stays)
-        train.update({**CROSS_ENCOUNTER, "cross_encounter": args.cross_encounter, "structured": args.structured})
-        if args.cross_by != "encounter":
-            train["cross_by"] = args.cross_by
+    train = train_settings(args, {**TRAIN, "epochs": args.epochs, "keypoints": args.keypoints,
+                                  "min_photos": args.min_photos})
     photos = read_photos(args.catalogue / "metadata.csv")
     engine = Engine(presets.DEFAULT_PIPELINE, args.cache_dir, "cpu", progress=False)
     t0 = time.perf_counter()

@@ -44,6 +44,7 @@ sys.path.insert(0, str(HERE))
 import eval as evaluation  # noqa: E402
 import main as entrypoint  # noqa: E402
 import pair_dataset  # noqa: E402
+from head_training import add_cross_options  # noqa: E402
 from whale_folds import whale_folds  # noqa: E402
 from matcher import config, presets  # noqa: E402
 from matcher.challenge import layout  # noqa: E402
@@ -171,13 +172,14 @@ def head_features(table: pd.DataFrame, args) -> tuple[pd.DataFrame, dict[str, Pa
     trained without each development scenario's whales, by scenario id (``oof_heads.py``; trained now where
     its cache lacks it)."""
     import oof_heads
-    from head_training import TRAIN
+    from head_training import train_settings
 
     photos = oof_heads.load_photos(args.catalogue, args.cache_dir)
     wanted = oof_heads.exclusions(photos, args.dev, 5, args.seed)
     fold_emb, scenario_heads = {}, {}
+    train = train_settings(args, prefix="head-")
     for name, excluded in sorted(wanted.items()):
-        path, emb = oof_heads.trained_head(photos, excluded, args.cache_dir, args.seed, TRAIN)
+        path, emb = oof_heads.trained_head(photos, excluded, args.cache_dir, args.seed, train)
         if name.startswith("fold"):
             fold_emb[int(name[4:])] = emb
         else:
@@ -274,6 +276,7 @@ def main(argv=None) -> int:
     p.add_argument("--append", type=Path, default=None, help="append the tables to this Markdown file")
     p.add_argument("--head", action="store_true",
                    help="add the global head's vote (head_similarity) as a feature (see the module docstring)")
+    add_cross_options(p, prefix="head-")  # the heads' settings (--head-cross-encounter ...; train_global.py's)
     p.add_argument("--submissions", type=Path, default=None,
                    help="keep each variant's out-of-fold submission (all scenarios) in this folder")
     args = p.parse_args(argv)
