@@ -135,11 +135,10 @@ def test_pair_model_files_that_cannot_be_used_are_refused(tmp_path):
         PairModel.load(tmp_path / "future.json")
 
 
-def test_main_ranks_with_a_learned_model_and_refuses_one_made_for_other_settings(tmp_path):
-    """A model trained (here, on generated whales) for the engine's own verdict settings ranks each
-    query's whale first through main.py; asked for without a usable model, main.py stops with a message."""
-    pytest.importorskip("lightgbm")
-    from conftest import run_main
+def toy_challenge_and_model(tmp_path, head_path=None):
+    """A generated challenge (leave-one-out and split scenarios of 8 whales) under ``tmp_path/data`` and a toy pair
+    model fitted on its photos for the preset's verdicts (reading ``head_path``'s vote when given), saved:
+    (data folder, engine, image paths, whale by image id, model, model file)."""
     from scenario_factory import loo_and_split
     from toy_model import fit_toy_model
 
@@ -152,20 +151,33 @@ def test_main_ranks_with_a_learned_model_and_refuses_one_made_for_other_settings
     challenge = layout.load(root)
     paths, _ = challenge.image_paths(challenge.image_ids())
     whale = dict(zip(meta["image_id"], meta["whale_id"]))
-    model = fit_toy_model(engine, paths, whale, challenge.photo_metadata())
+    model = fit_toy_model(engine, paths, whale, challenge.photo_metadata(), head_path=head_path)
     path = tmp_path / "pair-model.json"
     model.save(path)
+    return root, engine, paths, whale, model, path
+
+
+def assert_each_query_finds_its_whale_first(submission, whale: dict[str, str]) -> None:
+    import pandas as pd
+
+    sub = pd.read_csv(submission, dtype=str)
+    for qid, rows in sub.groupby("query_id"):
+        assert whale[rows["database_image_id"].iloc[0]] == whale[qid.split("-", 1)[1]], rows.head(3)
+
+
+def test_main_ranks_with_a_learned_model_and_refuses_one_made_for_other_settings(tmp_path):
+    """A model trained (here, on generated whales) for the engine's own verdict settings ranks each
+    query's whale first through main.py; asked for without a usable model, main.py stops with a message."""
+    pytest.importorskip("lightgbm")
+    from conftest import run_main
+
+    root, engine, paths, whale, model, path = toy_challenge_and_model(tmp_path)
     out = tmp_path / "sub.csv"
     res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path),
                    "--time-budget", "none")
     assert res.returncode == 0, res.stderr
     assert "in-sample" not in res.stderr  # the model says nothing of its training photos
-    import pandas as pd
-
-    sub = pd.read_csv(out, dtype=str)
-    for qid, rows in sub.groupby("query_id"):
-        qimg = qid.split("-", 1)[1]
-        assert whale[rows["database_image_id"].iloc[0]] == whale[qimg], rows.head(3)
+    assert_each_query_finds_its_whale_first(out, whale)
     # a model that saw some of the run's photos: the run says its figures on them are in-sample
     shas, _ = engine.hash_images(paths)
     seen = sorted(set(shas.values()))[:5]
@@ -212,36 +224,21 @@ def test_main_ranks_with_the_head_vote_and_refuses_a_head_that_is_not_the_one_tr
     SHA-256 in the model file); replace the head's weights and main.py stops with a message naming the file."""
     pytest.importorskip("lightgbm")
     torch = pytest.importorskip("torch")
-    import pandas as pd
     from conftest import run_main
-    from scenario_factory import loo_and_split
-    from toy_model import fit_toy_model
 
-    from matcher.challenge import layout
-    from matcher.engine import Engine
     from matcher.features.global_head import GlobalHead, build_head
 
     conf = {"dim": 128, "clusters": 4, "out": 16}  # SIFT descriptors are 128-d like DISK's
     torch.manual_seed(0)
     head_path = tmp_path / "head.pt"
     GlobalHead(conf, build_head(conf).state_dict()).save(head_path)
-    root = tmp_path / "data"
-    meta = loo_and_split(root, n_whales=8, n_loo=5, seed=11)
-    engine = Engine(PRESET, tmp_path / "cache", "cpu", progress=False)
-    challenge = layout.load(root)
-    paths, _ = challenge.image_paths(challenge.image_ids())
-    whale = dict(zip(meta["image_id"], meta["whale_id"]))
-    model = fit_toy_model(engine, paths, whale, challenge.photo_metadata(), head_path=head_path)
+    root, engine, paths, whale, model, path = toy_challenge_and_model(tmp_path, head_path)
     assert model.uses_head and model.features[-1] == "head_similarity"
-    path = tmp_path / "pair-model.json"
-    model.save(path)
     out = tmp_path / "sub.csv"
     res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path),
                    "--time-budget", "none")
     assert res.returncode == 0, res.stderr
-    sub = pd.read_csv(out, dtype=str)
-    for qid, rows in sub.groupby("query_id"):
-        assert whale[rows["database_image_id"].iloc[0]] == whale[qid.split("-", 1)[1]], rows.head(3)
+    assert_each_query_finds_its_whale_first(out, whale)
     torch.manual_seed(1)
     GlobalHead(conf, build_head(conf).state_dict()).save(head_path)  # another head under the same name
     res = run_main(root, out, tmp_path / "cache", "--pair-score", "learned", "--pair-model", str(path))
