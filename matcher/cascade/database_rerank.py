@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from . import rerank as reranking
 from .queries import QueryState
-from .ranking import verdict_values, stage1_order
+from .ranking import stage1_order, verdict_values
 
 
 def database_graphs(run) -> dict[str, np.ndarray]:

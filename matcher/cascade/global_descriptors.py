@@ -47,8 +47,8 @@ from .. import presets
 from ..engine import Engine
 from ..errors import WeightsError
 from ..features.global_head import GlobalHead, flip_average
-from ..features.stage import mirror_key
 from ..features.global_head import similarity as cosine
+from ..features.stage import mirror_key
 from ..io import weights
 from ..io.array_store import ArrayStore
 from .codebook import Codebook

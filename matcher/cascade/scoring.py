@@ -73,4 +73,3 @@ def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = No
             log.warning("pair score: strength, not the learned model (%s)", exc)
             return verdict_scores
     return LearnedScorer(model, metadata)
-

@@ -29,9 +29,9 @@ from ..errors import ImageError
 from ..features.stage import mirror_key
 from ..io import images
 from ..io.catalogue import LATERAL, Photo, comparable
+from ..pairs.model import PairModel
 from ..pairs.store import canonical
 from . import drawing
-from ..pairs.model import PairModel
 from .calibration import MODEL, Calibration
 from .priors import ONE_PAIR_WHY, Prior
 
