@@ -351,8 +351,8 @@ def main(argv=None) -> int:
     t_inputs = time.perf_counter() - t0
     ids = sorted(inputs)
     whale = {i: photos[i].whale_id for i in ids}
-    encounter, date = {i: photos[i].encounter_id for i in ids}, {i: photos[i].date for i in ids}
-    view = {i: photos[i].viewpoint for i in ids}
+    pool = oof_heads.Photos(inputs, whale, dict(shas), {i: photos[i].encounter_id for i in ids},
+                            {i: photos[i].date for i in ids}, {i: photos[i].viewpoint for i in ids})
     lines = [(f"Catalogue {args.catalogue.name}: {len(ids)} photos ({len(bad)} unusable) of "
               f"{len(set(whale.values()))} whales; DISK features read from the cache and turned into head inputs in "
               f"{t_inputs:.0f} s ({engine.stats.features_extracted} extracted now); head {json.dumps(CONF)}, "
@@ -363,7 +363,6 @@ def main(argv=None) -> int:
         from matcher.challenge import layout
 
         needed = sorted(i for i in layout.load(args.dev).image_ids() if i in inputs)
-        pool = oof_heads.Photos(inputs, whale, dict(shas), encounter, date, view)
         emb, fold_heads = {}, {}
         if args.split == "scenario":  # a head per scenario, trained without any of its whales
             wanted = {k: v for k, v in oof_heads.exclusions(pool, args.dev, args.folds, args.seed).items()
@@ -390,10 +389,9 @@ def main(argv=None) -> int:
         if args.report:
             args.report.write_text("\n".join(lines) + "\n")
         return 0
-    pool = oof_heads.Photos(inputs, whale, dict(shas), encounter, date, view)
     head = train_head([inputs[i] for i in ids], [whale[i] for i in ids], args.seed, train,
                       encounters=[pool.group(i, train.get("cross_by", "encounter")) for i in ids],
-                      dates=[date[i] for i in ids])
+                      dates=[pool.date[i] for i in ids])
     t0 = time.perf_counter()
     sample = ids[:200]
     embed_all(head, inputs, sample)

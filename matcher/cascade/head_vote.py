@@ -36,15 +36,21 @@ def head_file(model: PairModel) -> Path:
     return path
 
 
+class HeadVote:
+    """The pair model's head, loaded once (and checked against the model's record), and its embeddings."""
+
+    def __init__(self, model: PairModel, engine: Engine):
+        self.stage = GlobalStage(HEAD_DESCRIPTOR, engine, head_file(model))
+
+    def embeddings(self, keys) -> dict[str, np.ndarray]:
+        """The embedding of each prepared image (``keys``: content hashes or mirror keys)."""
+        keys = set(keys)
+        self.stage.describe(sorted(keys))
+        return {k: self.stage.loaded[k]["emb"] for k in keys}
+
+
 def with_head_embeddings(model: PairModel, engine: Engine, metadata: dict[str, dict | None]) -> dict[str, dict]:
     """``metadata`` (per content hash) with each photo's embedding by the pair model's global head (computed from
     the photo's cached features, kept in the global-descriptor cache)."""
-    emb = head_embeddings(model, engine, metadata)
+    emb = HeadVote(model, engine).embeddings(metadata)
     return {sha: {**(meta or {}), "embedding": emb[sha]} for sha, meta in metadata.items()}
-
-
-def head_embeddings(model: PairModel, engine: Engine, keys) -> dict[str, np.ndarray]:
-    """The embedding of each prepared image (``keys``: content hashes or mirror keys) by the model's head."""
-    stage = GlobalStage(HEAD_DESCRIPTOR, engine, head_file(model))
-    stage.describe(sorted(set(keys)))
-    return {k: stage.loaded[k]["emb"] for k in set(keys)}

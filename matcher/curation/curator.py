@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..cascade.head_vote import head_embeddings
+from ..cascade.head_vote import HeadVote
 from ..engine import Engine
 from ..errors import ImageError
 from ..features.stage import mirror_key
@@ -102,6 +102,7 @@ class Curator:
     shas: dict = field(default_factory=dict)  # photo id -> content hash
     bad: dict = field(default_factory=dict)  # photo id -> why unusable
     prepared: set = field(default_factory=set)  # content hashes whose features the engine holds
+    vote: HeadVote | None = None  # the pair model's global head, when the model reads its vote
 
     # -- features
 
@@ -204,7 +205,9 @@ class Curator:
             metas = [self.metadata(tasks[i]) for i in done]
             if self.model.uses_head:  # the global head's vote: each photo's embedding (of its mirror if mirrored)
                 keys = [self.keys(tasks[i]) for i in done]
-                emb = head_embeddings(self.model, self.engine, {k for pair in keys for k in pair})
+                if self.vote is None:  # the head is loaded once per curator, not per call
+                    self.vote = HeadVote(self.model, self.engine)
+                emb = self.vote.embeddings({k for pair in keys for k in pair})
                 metas = [({**a, "embedding": emb[ka]}, {**b, "embedding": emb[kb]})
                          for (a, b), (ka, kb) in zip(metas, keys)]
             p = self.model.scores([found[i] for i in done], metas)
