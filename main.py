@@ -21,19 +21,22 @@ STARTED = time.perf_counter()  # the time budget counts from here, before the he
 
 import argparse  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from matcher import backends, config, presets  # noqa: E402
+from matcher import config, presets  # noqa: E402
 from matcher.cascade import STAGE2_FACTORIES, CascadeSettings  # noqa: E402
 from matcher.cascade.ranking import STAGE2_MODES  # noqa: E402
-from matcher.cascade.scoring import PAIR_SCORES  # noqa: E402
+from matcher.cascade.stages import parse_stage2  # noqa: E402
 from matcher.challenge import layout, submission  # noqa: E402
 from matcher.challenge.run import run, submission_rows  # noqa: E402
 from matcher.engine import Engine  # noqa: E402
 from matcher.errors import ConfigError, WhaleMatchError  # noqa: E402
+from matcher.io.paths import os_error  # noqa: E402
+from matcher.options import add_engine_options, choice  # noqa: E402
 from matcher.timing import DEFAULT_BUDGET_S, Deadline  # noqa: E402
 
 log = logging.getLogger("main")
@@ -51,13 +54,14 @@ def packed_preset() -> str:
 
 
 def budget_seconds(text: str) -> float | None:
-    """Seconds of the time budget; ``none``/``0`` for no limit."""
+    """Seconds of the time budget; ``none``/``inf``/``0`` for no limit (ValueError for anything else that is not
+    a positive number: ``nan`` would trip the deadline at once)."""
     if str(text).strip().lower() in ("none", "inf", "0", ""):
         return None
     value = float(text)
-    if value < 0:
-        raise ValueError("the time budget must be positive")
-    return value
+    if math.isnan(value) or value < 0:
+        raise ValueError("the time budget must be a positive number of seconds, or none")
+    return None if math.isinf(value) else value
 
 
 def optional_int(text: str | None) -> int | None:
@@ -78,14 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the challenge's data folder ($WHALEMATCH_DATA_DIR)")
     p.add_argument("--output", type=Path, default=Path(env("OUTPUT", config.DEFAULT_OUTPUT)),
                    help="the submission CSV to write ($WHALEMATCH_OUTPUT)")
-    p.add_argument("--preset", default=value("PRESET", lambda v: _choice(v, presets.PIPELINES), packed_preset()),
-                   choices=sorted(presets.PIPELINES), help="pipeline preset ($WHALEMATCH_PRESET)")
-    p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir(),
-                   help="features and verdicts kept between runs ($WHALEMATCH_CACHE_DIR)")
-    p.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
-    p.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu or cuda[:N] ($WHALEMATCH_DEVICE)")
-    p.add_argument("--workers", type=config.arg_type(config.workers), default=value("WORKERS", config.workers, None),
-                   help="CPU verification workers; default: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
+    add_engine_options(p, packed_preset())
     p.add_argument("--time-budget", type=config.arg_type(budget_seconds),
                    default=value("TIME_BUDGET", budget_seconds, DEFAULT_BUDGET_S),
                    help="wall-clock seconds the run may take ('none' for no limit): the cascade's K are planned to "
@@ -97,39 +94,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stage-1 candidates per query that stage 2 re-scores; default: planned, at most --k2-max "
                         "($WHALEMATCH_K2)")
     p.add_argument("--k2-max", type=int, default=CascadeSettings.k2_max, help="stage 2's K at most")
-    p.add_argument("--stage2", default=env("STAGE2", "auto"),
+    p.add_argument("--stage2", type=config.arg_type(parse_stage2), default=value("STAGE2", parse_stage2, "auto"),
                    help=f"expensive matcher re-scoring each query's top K2: auto (the preset's default: none so far), "
                         f"none, or {'|'.join(sorted(STAGE2_FACTORIES))}[:preset] (lightglue: LightGlue on the "
                         f"preset's features; loftr: needs its weights) ($WHALEMATCH_STAGE2)")
-    p.add_argument("--stage2-mode", default=value("STAGE2_MODE", lambda v: _choice(v, STAGE2_MODES), "max"),
+    p.add_argument("--stage2-mode", default=value("STAGE2_MODE", choice(STAGE2_MODES), "max"),
                    choices=list(STAGE2_MODES),
                    help="order of stage 2's candidates: the max or sum of both stages' strengths, or replace "
                         "($WHALEMATCH_STAGE2_MODE)")
-    p.add_argument("--rerank", default=value("RERANK", lambda v: _choice(v, ("database", "none")), "database"),
+    p.add_argument("--rerank", default=value("RERANK", choice(("database", "none")), "database"),
                    choices=["database", "none"],
                    help="database: also verify the pairs within each scenario's database and re-rank each query's "
                         "candidates with them; none: stage-1 scores only ($WHALEMATCH_RERANK)")
-    p.add_argument("--pair-score", default=value("PAIR_SCORE", lambda v: _choice(v, PAIR_SCORES), "auto"),
-                   choices=list(PAIR_SCORES),
-                   help="stage 1's pair score: learned (the pair model's P(same whale) from the verdict's evidence and "
-                        "the photos' dates and viewpoints), strength (inliers and their similarity), or auto: learned "
-                        "where the preset has a pair model ($WHALEMATCH_PAIR_SCORE)")
-    p.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
-                   help="the learned pair model's file; default: weights/pair-model-PRESET.json "
-                        "($WHALEMATCH_PAIR_MODEL)")
     globals_ = ["auto", *sorted(presets.GLOBAL_DESCRIPTORS)]
-    p.add_argument("--global-descriptor", default=value("GLOBAL_DESCRIPTOR", lambda v: _choice(v, globals_), "auto"),
+    p.add_argument("--global-descriptor", default=value("GLOBAL_DESCRIPTOR", choice(globals_), "auto"),
                    choices=globals_, help="stage-0 global descriptor ($WHALEMATCH_GLOBAL_DESCRIPTOR)")
-    backends.add_options(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     return p
-
-
-def _choice(text: str, choices) -> str:
-    if text not in choices:
-        raise ValueError(f"choose one of {', '.join(sorted(choices))}")
-    return text
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -165,6 +145,9 @@ def main(argv=None) -> int:
         submission.write(sub, args.output, expected)
     except WhaleMatchError as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:  # a file system refusal the checks above did not foresee: named, never a traceback
+        log.error("%s", os_error(exc))
         return 2
     log.info("%s", engine.stats.summary())
     elapsed = time.perf_counter() - start

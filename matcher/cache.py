@@ -7,8 +7,8 @@ One cache folder holds everything a run computes::
     ROOT/pairs.sqlite                                 pair verdicts, keyed by (sha_a, sha_b, verdict key)
 
 A key is ``<name>-<12 hex>``, the digest of the stage settings (the presets) together with
-what made the entry: the versions of torch, kornia and OpenCV and the SHA-256 of the weight
-files the settings load. Any change to one of them gives new keys, so an upgrade recomputes
+what made the entry: the versions of torch, kornia and OpenCV, the SHA-256 of the weight
+files the settings load and the image decoder's limits. Any change to one of them gives new keys, so an upgrade recomputes
 and never silently reuses old features or verdicts. ``ROOT=None`` keeps everything in memory.
 """
 
@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import presets
-from .io import weights
+from .io import images, weights
 from .pairs.store import VERDICT_SCHEMA
 
 PACKAGES = ("torch", "kornia")
@@ -40,8 +40,9 @@ def software() -> dict[str, str]:
 
 
 def provenance(conf: dict) -> dict:
-    """What, besides a resolved pipeline preset's settings, decides its entries: software and weights."""
-    return {"software": software(), "weights": weights.digest_for(conf)}
+    """What, besides a resolved pipeline preset's settings, decides its entries: software, weights and how images
+    are decoded (the size limit and the scale large images decode at)."""
+    return {"software": software(), "weights": weights.digest_for(conf), "decoder": images.DECODER}
 
 
 def feature_key(conf: dict) -> str:

@@ -22,6 +22,28 @@ def run_main(data_dir: Path, output: Path, cache: Path, *extra: str, preset: str
     return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
 
 
+def load_main():
+    """``main.py`` as a module, to call ``main.main(argv)`` in this process (no new interpreter, torch imported once)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("whalematch_main", REPO / "main.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def restore_logging():
+    """The root logger's handlers and level as they were (``main.main`` and ``whalematch`` set up logging)."""
+    import logging
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
 def belugas_dir() -> Path:
     """The real development catalogue: ``$WHALEMATCH_BELUGAS`` or ``../shared/belugas`` beside the checkout."""
     return Path(os.environ.get("WHALEMATCH_BELUGAS", REPO.parent / "shared" / "belugas"))

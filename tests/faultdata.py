@@ -44,8 +44,9 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
 
 
-def huge_jpeg(side: int = 10_000, seed: int = 7) -> bytes:
-    """A ``side x side`` JPEG, textured in a grid of tiles (cheap to encode, costly to decode naively)."""
+def huge_jpeg(side: int = 7_000, seed: int = 7) -> bytes:
+    """A ``side x side`` JPEG (49 megapixels by default, under the decoder's cap), textured in a grid of tiles (cheap
+    to encode, costly to decode naively)."""
     big = Image.new("RGB", (side, side), (90, 90, 90))
     tile = Image.fromarray(textured_image(seed, (1000, 1000)))
     for x in range(0, side, 2500):
@@ -54,6 +55,18 @@ def huge_jpeg(side: int = 10_000, seed: int = 7) -> bytes:
     buf = io.BytesIO()
     big.save(buf, "JPEG", quality=70)
     return buf.getvalue()
+
+
+def patch_jpeg_size(data: bytes, width: int, height: int) -> bytes:
+    """A JPEG whose frame header (SOF0/SOF2) claims ``width x height``: what a decompression bomb made from a small
+    file looks like."""
+    i = 2
+    while i < len(data) - 9:
+        marker, length = data[i + 1], struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker in (0xC0, 0xC2):
+            return data[: i + 5] + struct.pack(">HH", height, width) + data[i + 9 :]
+        i += 2 + length
+    raise ValueError("no frame header")
 
 
 def whale_views(n_whales: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -151,7 +164,7 @@ def bad_folder(root: Path, huge: bool = True) -> Folder:
     * scenario ``nodb``: a database file with the header only;
     * the odd images are whale views in another format (``png`` = w0b as PNG, ``gray`` = w1b
       grayscale, ``cmyk`` = w2b CMYK JPEG, ``png16`` = w3b 16-bit PNG), a 10,000 x 10,000
-      JPEG (``huge``) and a flat-colour image with no keypoints (``flat``).
+      JPEG (``huge``; 7,000 x 7,000) and a flat-colour image with no keypoints (``flat``).
     """
     views = whale_views(4)
     img_dir = root / "images"

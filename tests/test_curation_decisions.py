@@ -71,7 +71,7 @@ def test_new_photo_confirmed_as_a_whale_is_added_with_that_whale(tmp_path, capsy
     new = save_rgb(tmp_path / "field" / "IMG_0042.png", tiny(99))  # outside the catalogue's folder
     dec = decisions_csv(tmp_path / "d.csv", [(str(new), "whaleB_1", "same", "notch on the left"),
                                              (str(new), "whaleA_0", "different"), (str(new), "whaleC_1", "not sure")])
-    rc, out, err = run([dec, "--metadata", meta], capsys)
+    rc, out, err = run([dec, "--metadata", meta, "--new-photos", new.parent], capsys)
     assert rc == 0, err
     assert digest(meta) == before  # never in place without --in-place
     new_meta = tmp_path / "cat" / "metadata.decided.csv"
@@ -161,7 +161,7 @@ def test_contradictions_are_refused_naming_the_rows(tmp_path, capsys, case):
                                                                                       "different")])]
         named = ["decided different (", "a.csv line 3", "both whale whaleA"]
     before = digest(meta)
-    rc, out, err = run([*files, "--metadata", meta], capsys)
+    rc, out, err = run([*files, "--metadata", meta, "--new-photos", tmp_path], capsys)
     assert rc == 2
     assert "contradictory decisions; nothing was written" in err
     for text in named:
@@ -182,7 +182,7 @@ def test_bad_decision_files_and_options_are_reported(tmp_path, capsys):
     assert rc == 2 and "missing column(s) query_image" in err
     unknown = decisions_csv(tmp_path / "u.csv", [("whaleA_0", "whaleZ_9", "same"), ("nope.png", "whaleA_0", "same")])
     rc, _, err = run([unknown, "--metadata", meta], capsys)
-    assert rc == 2 and "2 unknown images" in err
+    assert rc == 2 and "2 unknown or refused images" in err
     assert "u.csv line 2: candidate_image 'whaleZ_9' is not an image of" in err
     assert "u.csv line 3: query_image 'nope.png' is neither an image id" in err
     ok = decisions_csv(tmp_path / "ok.csv", [("whaleB_0", "whaleA_0", "same")])

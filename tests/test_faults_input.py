@@ -21,7 +21,7 @@ from matcher import presets
 from matcher.challenge import layout, submission
 from matcher.features import extractors as features
 from matcher.features.store import feature_store
-from matcher.io import images, tables
+from matcher.io import images, paths, tables
 from matcher.errors import DataError, ImageError
 from matcher.pairs.store import VerdictStore
 from matcher.pairs.verifier import PairVerifier
@@ -30,7 +30,7 @@ from matcher.engine import Engine
 
 import conftest
 from conftest import textured_image
-from faultdata import (FIELDS, bad_folder, clean_folder, encode, huge_jpeg, meta_row,
+from faultdata import (FIELDS, bad_folder, clean_folder, encode, huge_jpeg, meta_row, patch_jpeg_size,
                        png_header_only, whale_views, write_csv, write_scenarios)
 
 PRESET = "sift-mnn"
@@ -155,7 +155,7 @@ def test_paths_outside_the_data_folder_are_refused_and_never_opened(tmp_path, mo
 @pytest.mark.parametrize("rel", ["images/a\x00.jpg", "images/\nname.jpg", "", "   "])
 def test_control_characters_and_empty_paths_are_refused(tmp_path, rel):
     with pytest.raises(DataError, match=r"meta\.csv: path .* (control characters|absolute or empty)"):
-        tables.safe_join(tmp_path, rel, tmp_path / "meta.csv")
+        paths.safe_join(tmp_path, rel, tmp_path / "meta.csv")
 
 
 def test_scenario_files_outside_the_folder_are_refused(tmp_path):
@@ -232,7 +232,8 @@ BROKEN = {
     "tiny-8x8": (lambda: encode(RGB[:8, :8], "PNG"), r"image too small \(8x8 pixels"),
     "one-row": (lambda: encode(RGB[:1, :], "PNG"), r"image too small \(90x1 pixels"),
     "bomb-header": (lambda: png_header_only(30_000, 30_000), "too large to decode safely"),
-    "just-over-the-limit": (lambda: png_header_only(20_001, 20_001), "too large to decode safely"),
+    "just-over-the-limit": (lambda: png_header_only(8_001, 8_000), r"too large to decode safely \(8001x8000 declared"),
+    "patched-jpeg-header": (lambda: patch_jpeg_size(_jpeg(), 19_000, 19_000), "too large to decode safely"),
     "lab-tiff": (lambda: _pil(Image.fromarray(RGB).convert("LAB"), "TIFF"), None),
 }
 
@@ -262,22 +263,47 @@ def test_read_bytes_refuses_what_is_not_a_regular_file(tmp_path):
         images.read_bytes(tmp_path / "nope.jpg")
 
 
-def test_10000_pixel_jpeg_decodes_reduced():
+def test_7000_pixel_jpeg_decodes_reduced():
     data = huge_jpeg()
     with Image.open(io.BytesIO(data)) as im:
-        assert im.size == (10_000, 10_000)
-    arr = images.decode(data, "huge.jpg", max_side=4096)
-    assert 4096 <= max(arr.shape[:2]) <= 2 * 4096 and arr.shape[0] == arr.shape[1]  # decoded at 1/2 scale, not 1
+        assert im.size == (7_000, 7_000)
+    arr = images.load(images.Blob("huge.jpg", data))
+    side = images.DECODE_MAX_SIDE
+    assert max(arr.shape[:2]) == 3500 and arr.shape[0] == arr.shape[1]  # decoded at 1/2 scale, the least above 2560
+    assert side <= 3500 < 2 * side
 
 
-def test_10000_pixel_png_is_reduced_right_after_decoding():
-    img = Image.new("L", (10_000, 10_000), 60)
-    img.paste(Image.fromarray(RGB[..., 0]).resize((2000, 2000)), (4000, 4000))
+def test_a_photo_up_to_twice_the_decode_side_decodes_in_full():
+    """No photo of the development catalogue (at most 4,561 pixels wide) is reduced: its features stay those of
+    the full decode."""
+    rgb = cv2.resize(RGB, (4561, 947))
+    arr = images.load(images.Blob("wide.jpg", encode(rgb)))
+    assert arr.shape == (947, 4561, 3)
+
+
+def test_7000_pixel_png_is_reduced_right_after_decoding():
+    img = Image.new("L", (7_000, 7_000), 60)
+    img.paste(Image.fromarray(RGB[..., 0]).resize((2000, 2000)), (2500, 2500))
     data = _pil(img, "PNG", compress_level=1)
     del img
-    arr = images.decode(data, "huge.png", max_side=4096)
-    assert arr.dtype == np.uint8 and arr.shape == (5000, 5000, 3)  # 300 MB as full-size RGB; 75 MB kept
-    assert arr[2500, 2500, 0] != 60 and arr[100, 100, 0] == 60  # the picture survived the reduction
+    arr = images.load(images.Blob("huge.png", data))
+    assert arr.dtype == np.uint8 and arr.shape == (3500, 3500, 3)  # 147 MB as full-size RGB; 37 MB kept
+    assert arr[1750, 1750, 0] != 60 and arr[100, 100, 0] == 60  # the picture survived the reduction
+
+
+def test_a_small_file_that_declares_a_large_image_decodes_with_a_warning(caplog):
+    """A 45 KB JPEG patched to claim 19,000 x 19,000 pixels is refused from its header (above); under the cap it
+    decodes (at reduced scale) but is named as implausible: it is no photograph."""
+    small = encode(RGB)
+    with caplog.at_level(logging.WARNING, logger="matcher.io.images"):
+        arr = images.load(images.Blob("patched.jpg", patch_jpeg_size(small, 6000, 6000)))
+    assert max(arr.shape[:2]) <= 3000
+    assert any("patched.jpg: declares 6000x6000 pixels in" in r.getMessage() and "patched header" in r.getMessage()
+               for r in caplog.records), caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="matcher.io.images"):
+        images.load(images.Blob("real.jpg", huge_jpeg(3000)))
+    assert not caplog.records  # a real large photo holds far more bytes per pixel
 
 
 def test_a_16bit_png_over_the_limit_is_reduced_before_normalising():

@@ -6,7 +6,6 @@ same submission; an output that cannot be written is reported and leaves the old
 from __future__ import annotations
 
 import errno
-import importlib.util
 import logging
 import os
 import re
@@ -22,7 +21,7 @@ from matcher.io import array_store, atomic, device
 from matcher.challenge.run import rank_scenarios
 from matcher.engine import Engine
 
-from conftest import REPO, run_main
+from conftest import load_main, run_main
 from faultdata import clean_folder
 
 PRESET = "sift-mnn"
@@ -139,7 +138,7 @@ def test_cuda_requested_without_a_gpu_is_a_clear_error(monkeypatch, tmp_path, ca
         with pytest.raises(device.DeviceError, match=re.escape(repr(name))):
             device.pick(name)
     folder = clean_folder(tmp_path / "data", n_whales=2)
-    rc = _load_main().main(["--data-dir", str(folder.root), "--output", str(tmp_path / "s.csv"), "--no-cache",
+    rc = load_main().main(["--data-dir", str(folder.root), "--output", str(tmp_path / "s.csv"), "--no-cache",
                             "--preset", PRESET, "--device", "cuda", "--quiet"])
     assert rc == 2
     assert "device 'cuda' requested but this machine has no usable CUDA GPU" in capsys.readouterr().err
@@ -287,22 +286,6 @@ def test_cache_path_through_a_regular_file(small, tmp_path):
 # ---------------------------------------------------------------- the output cannot be written
 
 
-def _load_main():
-    spec = importlib.util.spec_from_file_location("whalematch_main", REPO / "main.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
 def test_output_disk_full_is_reported_and_the_old_file_kept(small, tmp_path, monkeypatch, capsys, restore_logging):
     root, _, _ = small
     out = tmp_path / "out" / "submission.csv"
@@ -319,7 +302,7 @@ def test_output_disk_full_is_reported_and_the_old_file_kept(small, tmp_path, mon
         _enospc()
 
     monkeypatch.setattr(pd.DataFrame, "to_csv", to_csv)
-    main = _load_main()
+    main = load_main()
     rc = main.main(["--data-dir", str(root), "--output", str(out), "--no-cache", "--preset", PRESET, "--quiet"])
     err = capsys.readouterr().err
     assert rc == 2
@@ -333,7 +316,7 @@ def test_output_folder_that_is_a_file_is_reported(small, tmp_path, capsys, resto
     root, _, _ = small
     (tmp_path / "out").write_text("x")
     monkeypatch.setenv("WHALEMATCH_TIME_BUDGET", "none")
-    main = _load_main()
+    main = load_main()
     rc = main.main(["--data-dir", str(root), "--output", str(tmp_path / "out" / "s.csv"), "--no-cache", "--preset",
                     PRESET, "--quiet"])
     assert rc == 2

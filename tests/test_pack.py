@@ -15,8 +15,15 @@ torch = pytest.importorskip("torch")
 
 
 def write_model(folder, use_head: bool) -> None:
+    import lightgbm
+    import numpy as np
+
+    names = feature_names(True, use_head)
+    x = np.random.default_rng(0).random((40, len(names)))
+    booster = lightgbm.train({"objective": "binary", "verbose": -1, "min_data_in_leaf": 5, "num_threads": 1},
+                             lightgbm.Dataset(x, (x[:, 0] > 0.5).astype(int)), 3)
     info = {"head": {"file": "head-v9.pt", "sha256": "0" * 64}} if use_head else {}
-    PairModel(feature_names(True, use_head), "k", "tree", info).save(folder / model_file("sift-mnn"))
+    PairModel(names, "k", booster.model_to_string(), info).save(folder / model_file("sift-mnn"))
 
 
 def test_the_pair_models_head_is_found_and_packed(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
+from ..io import weights
 from ..io.atomic import atomic_path
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ class Codebook:
         }
         with atomic_path(Path(path), suffix=".json") as tmp:
             tmp.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        weights.record_sum(Path(path))
 
     @classmethod
     def load(cls, path: Path) -> Codebook:

@@ -15,8 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine import Engine
-from ..errors import WeightsError
-from ..pairs.model import PairModel, for_preset
+from ..pairs.model import NoPairModel, PairModel, for_preset
 from .head_vote import with_head_embeddings
 
 log = logging.getLogger(__name__)
@@ -41,18 +40,30 @@ class LearnedScorer:
         return self.model.scores(verdicts, [(self.metadata.get(a), self.metadata.get(b)) for a, b in pairs])
 
 
+def check_pair_model(name: str, engine: Engine, model_path: Path | None = None) -> None:
+    """Load the pair model the score ``name`` would use, before any work, so that a model file that is missing or
+    refused stops the run at once (:func:`make_scorer` then reuses it)."""
+    if name != "strength":
+        try:
+            for_preset(engine.name, engine.settings_key, model_path)
+        except NoPairModel:
+            if name == "learned":
+                raise
+
+
 def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = None,
                 model_path: Path | None = None) -> Scorer:
-    """The pair score ``name`` (:data:`PAIR_SCORES`; ``auto``: learned where the preset has a usable pair model,
-    else strength); ``metadata``: per content hash, ``date`` and ``viewpoint`` of the photo (what the learned
-    model reads besides the verdict)."""
+    """The pair score ``name`` (:data:`PAIR_SCORES`; ``auto``: learned where the preset has a pair model, else
+    strength); ``metadata``: per content hash, ``date`` and ``viewpoint`` of the photo (what the learned model
+    reads besides the verdict). Only the absence of a default model falls back to the strength: a model file
+    that was given (``model_path``) and is missing, or any model file that is refused, is an error."""
     if name == "strength":
         return verdict_scores
     if name not in PAIR_SCORES:
         raise ValueError(f"unknown pair score {name!r}; choose one of {', '.join(PAIR_SCORES)}")
     try:
         model = for_preset(engine.name, engine.settings_key, model_path)
-    except WeightsError as exc:
+    except NoPairModel as exc:
         if name == "learned":
             raise
         log.info("pair score: strength (%s)", exc)
@@ -65,11 +76,5 @@ def make_scorer(name: str, engine: Engine, metadata: dict[str, dict] | None = No
                     "score measured on them is in-sample, not a result (the model's out-of-fold figures: its file, "
                     "benchmarks/RESULTS.md)", seen, len(metadata))
     if model.uses_head:
-        try:
-            metadata = with_head_embeddings(model, engine, metadata or {})
-        except WeightsError as exc:
-            if name == "learned":
-                raise
-            log.warning("pair score: strength, not the learned model (%s)", exc)
-            return verdict_scores
+        metadata = with_head_embeddings(model, engine, metadata or {})
     return LearnedScorer(model, metadata)

@@ -132,6 +132,18 @@ def register_stage2(name: str, factory: Callable) -> None:
     STAGE2_FACTORIES[name] = factory
 
 
+def parse_stage2(text: str) -> str:
+    """A stage-2 choice as written: ``auto``, ``none``, or a registered matcher, optionally ``:PRESET`` (a known
+    pipeline preset); ValueError listing the choices otherwise."""
+    value = str(text).strip().lower()
+    kind, sep, preset = value.partition(":")
+    if value in ("auto", "none") or (kind in STAGE2_FACTORIES and (not sep or preset in presets.PIPELINES)):
+        return value
+    why = f"unknown preset {preset!r} (presets: {', '.join(sorted(presets.PIPELINES))})" if kind in STAGE2_FACTORIES \
+        else f"choose auto, none or {'|'.join(sorted(STAGE2_FACTORIES))}[:PRESET]"
+    raise ValueError(why)
+
+
 def build_stage2(engine: Engine, name: str | None) -> PairStage | None:
     """The stage-2 matcher ``name`` (``None``/``"none"``: no stage 2), or None with a warning if it cannot run."""
     if not name or name == "none":

@@ -25,7 +25,8 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io.catalogue import read_metadata
-from ..io.tables import read_csv, safe_join
+from ..io.paths import checked, safe_join
+from ..io.tables import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -128,11 +129,13 @@ def read_types(root: Path) -> dict[str, str]:
 
 def load(root: Path) -> ChallengeData:
     """All scenarios, their queries and databases, and the metadata, validated."""
-    root = Path(root)
+    root = checked(root, "data folder")
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found")
     index_path = root / "query_scenarios.csv"
     index = read_csv(index_path, SCENARIO_COLUMNS)
+    if index.empty:
+        log.warning("%s lists no scenarios (a header only): the submission will hold no rows", index_path)
     exact = index.duplicated(list(SCENARIO_COLUMNS))
     if exact.any():
         log.warning("%s: %d repeated scenario row(s) ignored", index_path, int(exact.sum()))

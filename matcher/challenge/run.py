@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 
 import pandas as pd
 
 from ..backends import PLAN_NODES, planner
 from ..cascade import CascadeResult, CascadeSettings, run_cascade
+from ..cascade.scoring import check_pair_model
 from ..engine import Engine
+from ..errors import DataError
 from ..pairs.store import canonical
 from ..timing import Deadline
 from .layout import ChallengeData
@@ -16,6 +20,10 @@ from .submission import SUBMISSION_COLUMNS, TOP_K, distinct_scores
 
 log = logging.getLogger(__name__)
 PILOT_PAIRS = 4096  # candidates of the first queries the pilot may take from
+# A run that loses at least this share of its images (and this many) to one cause stops: a wrong folder, a
+# metadata file that does not fit its images or a broken decoder, not a few bad photos.
+ONE_CAUSE_SHARE, ONE_CAUSE_MIN = 0.5, 10
+BY_DESIGN = ("the time budget ran out",)  # causes that are the budget's doing, not the input's
 
 
 def run(data: ChallengeData, engine: Engine, settings: CascadeSettings | None = None,
@@ -25,12 +33,37 @@ def run(data: ChallengeData, engine: Engine, settings: CascadeSettings | None = 
     settings = settings or CascadeSettings()
     if deadline is None:
         deadline = Deadline(settings.budget_s if settings.budget_s is not None else float("inf"))
+    check_pair_model(settings.pair_score, engine, settings.pair_model)
     paths, bad = data.image_paths(data.image_ids())
     if engine.backend.name != "local":
         for line in cluster_plan(data, engine, paths, settings, plan_nodes):
             log.info("%s", line)
-    shas, _ = engine.prepare(paths, bad, deadline if settings.budget_s is not None else None)
+    shas, bad = engine.prepare(paths, bad, deadline if settings.budget_s is not None else None)
+    check_usable(len(shas), bad)
     return run_cascade(engine, data.query_tasks(), shas, settings, deadline, data.photo_metadata())
+
+
+def cause(message: str) -> str:
+    """What an unusable image's message says went wrong, without the file and the details that vary."""
+    text = message.split(": ", 1)[-1]
+    text = re.sub(r"'[^']*'", "'...'", text)
+    return re.sub(r"\s*\(.*$", "", text).strip()
+
+
+def check_usable(usable: int, bad: dict[str, str]) -> None:
+    """:class:`DataError` when the run could use no image at all, or lost most of its images to one cause
+    (:data:`ONE_CAUSE_SHARE`, :data:`ONE_CAUSE_MIN`): its submission would say nothing. A few bad photos stay
+    warnings (the engine logs each one)."""
+    if not bad:
+        return
+    counts = Counter(cause(m) for m in bad.values())
+    (top, n), total = counts.most_common(1)[0], usable + len(bad)
+    example = next(m for m in bad.values() if cause(m) == top)
+    if usable == 0 and not any(why in top for why in BY_DESIGN):
+        raise DataError(f"none of the run's {total} images could be used ({n} of them: {top}; e.g. {example})")
+    if n >= ONE_CAUSE_MIN and n >= ONE_CAUSE_SHARE * total and not any(why in top for why in BY_DESIGN):
+        raise DataError(f"{n} of the run's {total} images are unusable for one cause ({top}; e.g. {example}): "
+                        "check the data folder and its metadata")
 
 
 def cluster_plan(data: ChallengeData, engine: Engine, paths: dict, settings: CascadeSettings,

@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io.catalogue import Photo, load_catalogue
+from ..io.paths import checked
 from . import priors, report, search, verify
 from .curator import Curator, PairTask, safe_name
 
@@ -28,7 +29,7 @@ def read_new_photos(source: Path, viewpoint: str | None = None) -> list[Photo]:
     """The new photos of a folder of images, a metadata CSV (``image_id,path[,viewpoint]``) or a text file of paths
     (one a line, relative to the working folder or to the file's; ``#`` starts a comment); ``viewpoint`` for those
     that have none."""
-    source = Path(source)
+    source = checked(source, "new photos")
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         lines = [line.strip() for line in source.read_text(encoding="utf-8-sig").splitlines()]
         photos = [verify.resolve_photo(line, None, source.parent) for line in lines

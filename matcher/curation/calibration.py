@@ -222,8 +222,10 @@ class Calibration:
         }
 
     def save(self, path: Path) -> None:
+        """The calibration file (atomically); under its shipped name in ``weights/``, its sum recorded."""
         with atomic_path(Path(path)) as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        weights.record_sum(Path(path))
 
     @classmethod
     def load(cls, path: Path) -> "Calibration":

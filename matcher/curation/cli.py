@@ -20,14 +20,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
 
 from ..config import setup_logging
 from ..engine import Engine
-from ..errors import ConfigError, DataError, WeightsError, WhaleMatchError
+from ..errors import ConfigError, DataError, WhaleMatchError
 from ..io.catalogue import Photo, load_catalogue, read_photos
+from ..io.paths import os_error
 from ..pairs import model as pair_model
 from . import audit, batch, calibrate, cluster, decisions, priors, search, verify
 from . import calibration as calib
@@ -56,7 +58,7 @@ def make_curator(args, calibration_file: Path | None, auto_score: str = "learned
     if score != "strength":
         try:
             model = pair_model.for_preset(engine.name, engine.settings_key, args.pair_model)
-        except WeightsError as exc:
+        except pair_model.NoPairModel as exc:  # only a missing default falls back; a refused file is an error
             if args.pair_score == "learned":  # asked for by name: no model is an error
                 raise
             log.info("no learned pair model (%s); scoring pairs by their strength", exc)
@@ -178,7 +180,8 @@ def cmd_search(args) -> int:
                   f"P {fmt(w['probability'], '.2f')}  ({w['images_verified']}/{w['images']} images verify)")
     print(f"results: {', '.join(map(str, tables))}")
     print(f"review page: {page} (decisions: Same / Different / Not sure, exported as a CSV for "
-          "whalematch apply-decisions)")
+          f"whalematch apply-decisions DECISIONS.csv --metadata CATALOGUE.csv --new-photos "
+          f"{shlex.quote(str(query.path.parent.resolve()))})")
     return 0
 
 
@@ -273,8 +276,9 @@ def cmd_apply_decisions(args) -> int:
     photo_dir = args.photo_dir if args.photo_dir.is_absolute() else output.parent / args.photo_dir
     found = decisions.read_decisions(args.decisions)
     bases = list(dict.fromkeys([Path.cwd(), *(d.parent.resolve() for d in args.decisions), cat.folder.resolve()]))
-    plan = decisions.plan_changes(found, cat, bases)
-    table = decisions.apply(plan, cat, output, photo_dir, args.dry_run)
+    plan = decisions.plan_changes(found, cat, bases, args.new_photos)
+    table = decisions.apply(plan, cat, output, photo_dir)
+
     told = ", ".join(f"{n} {k}" for k, n in sorted(plan.counts.items()))
     print(f"{len(found)} decisions from {', '.join(map(str, args.decisions))} ({told or 'none'})")
     print(f"catalogue {args.metadata}: {len(cat.photos)} photos of {len(cat.whale_counts())} whales")
@@ -289,11 +293,12 @@ def cmd_apply_decisions(args) -> int:
     if args.dry_run:
         print("dry run: nothing written")
         return 0
-    decisions.write(table, plan, output, log_path,
-                    args.metadata.with_name(args.metadata.name + ".bak") if args.in_place else None)
+    backup = decisions.backup_path(args.metadata) if args.in_place else None
+    decisions.check_outputs(output, log_path, backup, [args.metadata, *args.decisions], plan)
+    decisions.write(table, plan, output, log_path, backup)
     whales = len({w for w in table["whale_id"] if w})
     print(f"wrote {output} ({len(table)} photos of {whales} whales)" + (f", the old file kept as "
-          f"{args.metadata.name}.bak" if args.in_place else "") + f"; log of changes: {log_path}")
+          f"{backup.name}" if backup else "") + f"; log of changes: {log_path}")
     print("nothing was matched or verified: verdicts are cached by the photos' contents, so a search or audit of "
           "the new catalogue reuses them")
     return 0
@@ -358,6 +363,9 @@ def main(argv=None) -> int:
         return cmd_calibrate(args, argv)
     except WhaleMatchError as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:  # a file system refusal the checks did not foresee: named, never a traceback
+        log.error("%s", os_error(exc))
         return 2
     except KeyboardInterrupt:
         log.error("interrupted")

@@ -15,13 +15,19 @@ CSV they give a new one:
 
 Images are named by catalogue image id; a new photo by its file, as the search was given it: an
 absolute path, or one relative to the working folder, the decisions file's folder or the catalogue's.
+A new photo is taken only from the places a review could have shown it: inside the catalogue's folder
+or a folder named with ``--new-photos`` (after following links), and only if it decodes as an image; a
+decisions file that names any other file (``/etc/passwd``, a dotfile, a text file) is refused, row named.
 
 Contradictions are refused, naming the rows: a pair decided both same and different; a photo without a
 whale id decided the same as photos of two different whales (decide the two catalogue photos the same
 to merge them first); a "different" between photos whose whales the decisions put together.
-Every change (and every decision that changes nothing, with why) goes to a log. No image is matched or
-verified: verdicts are cached by the photos' contents, so a search or audit on the new catalogue
-reuses every cached verdict.
+Every change (and every decision that changes nothing, with why) goes to a log. Every output is checked
+before anything is written (the log may be neither the metadata, its backup nor an input); then the new
+photos are copied, the log written, the old metadata backed up (``--in-place``: ``METADATA.bak``, then
+``.bak.2``, ``.bak.3``: a backup is never overwritten) and the new metadata put in place. No image is
+matched or verified: verdicts are cached by the photos' contents, so a search or audit on the new
+catalogue reuses every cached verdict.
 """
 
 from __future__ import annotations
@@ -34,10 +40,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
+from ..errors import DataError, ImageError
+from ..io import images
 from ..io.atomic import atomic_path
-from ..io.catalogue import Photo, read_photos
-from ..io.tables import read_csv, safe_join
+from ..io.catalogue import IMAGE_SUFFIXES, Photo, read_photos
+from ..io.paths import safe_join, shorten, too_long
+from ..io.tables import read_csv
 from .review_page import DECISIONS, EXPORT_COLUMNS
 
 SAME, DIFFERENT, UNSURE = DECISIONS
@@ -151,6 +159,7 @@ class Plan:
     labels: dict[str, str] = field(default_factory=dict)  # unlabelled catalogue photo -> whale id
     new_photos: list[NewPhoto] = field(default_factory=list)
     counts: Counter = field(default_factory=Counter)  # decisions read, by decision
+    copies: list[tuple[Path, Path]] = field(default_factory=list)  # (new photo, its copy): made by :func:`write`
 
 
 class _Union:
@@ -196,11 +205,14 @@ def _path_of_edges(edges: list[tuple[str, str, Decision]], start: str, goal: str
 
 
 class Resolver:
-    """Names in a decisions file to catalogue photos or new photo files."""
+    """Names in a decisions file to catalogue photos or new photo files; :meth:`refusal` says why a new photo's file
+    cannot be taken (outside ``sources``, the folders new photos may come from, or not an image)."""
 
-    def __init__(self, cat: Catalogue, bases: list[Path]):
+    def __init__(self, cat: Catalogue, bases: list[Path], sources: list[Path] = ()):
         self.cat = cat
         self.bases = bases
+        self.sources = list(dict.fromkeys(os.path.realpath(f) for f in [cat.folder, *sources]))
+        self._refusals: dict[Path, str | None] = {}
         self.by_path = {}
         for i, p in cat.photos.items():  # by the path as written and by the file it leads to (links followed)
             for key in (os.path.abspath(p.path), os.path.realpath(p.path)):
@@ -208,6 +220,8 @@ class Resolver:
 
     def file(self, value: str) -> Path | None:
         """The file a name leads to (absolute, links kept: a photo linked into the catalogue's folder stays there)."""
+        if too_long(value) or "\x00" in value:
+            return None
         p = Path(value).expanduser()
         for c in [p] if p.is_absolute() else [b / p for b in self.bases]:
             if c.is_file():
@@ -228,6 +242,27 @@ class Resolver:
             return Ref(image_id=same_name.id)
         return Ref(file=f)
 
+    def refusal(self, file: Path) -> str | None:
+        """Why a new photo's file is not taken into the catalogue, or ``None``: it must lie (links followed) in the
+        catalogue's folder or a ``--new-photos`` folder, have an image file's suffix and decode as an image."""
+        if file not in self._refusals:
+            self._refusals[file] = self._why_not(file)
+        return self._refusals[file]
+
+    def _why_not(self, file: Path) -> str | None:
+        real = os.path.realpath(file)
+        if not any(_inside(real, folder) is not None for folder in self.sources):
+            return (f"{shorten(file)} is outside the folders new photos may come from ({', '.join(self.sources)}"
+                    f"{'' if real == os.path.abspath(file) else f'; it links to {shorten(real)}'}): name its folder "
+                    "with --new-photos DIR")
+        if Path(real).suffix.lower() not in IMAGE_SUFFIXES:
+            return f"{shorten(file)} is not an image file (its name ends {Path(real).suffix or 'without a suffix'!r})"
+        try:
+            images.load(Path(real))
+        except ImageError as exc:
+            return f"not taken as a new photo: {exc}"
+        return None
+
 
 def _same_bytes(a: Path, b: Path) -> bool:
     try:
@@ -236,22 +271,27 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path]) -> Plan:
-    """What the decisions change in the catalogue; :class:`DataError` listing every unknown image and every
+def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path], sources: list[Path] = ()) -> Plan:
+    """What the decisions change in the catalogue; :class:`DataError` listing every unknown image, every new photo
+    that is refused (see :meth:`Resolver.refusal`; ``sources``: the ``--new-photos`` folders) and every
     contradiction (nothing is changed then)."""
     plan = Plan(counts=Counter(d.decision or "comment only" for d in decisions))
-    resolve = Resolver(cat, bases)
+    resolve = Resolver(cat, bases, sources)
     problems: list[str] = []
     pairs: dict[frozenset, list[tuple[Decision, Ref, Ref]]] = defaultdict(list)
     for d in decisions:
         c = resolve(d.candidate)
         q = resolve(d.query)
         if c is None or c.new:
-            problems.append(f"{d.where}: candidate_image {d.candidate!r} is not an image of {cat.path}")
+            problems.append(f"{d.where}: candidate_image {shorten(d.candidate)!r} is not an image of {cat.path}")
             continue
         if q is None:
-            problems.append(f"{d.where}: query_image {d.query!r} is neither an image id of {cat.path} nor an image "
-                            f"file (looked in {', '.join(str(b) for b in resolve.bases)})")
+            problems.append(f"{d.where}: query_image {shorten(d.query)!r} is neither an image id of {cat.path} nor an "
+                            f"image file (looked in {', '.join(str(b) for b in resolve.bases)})")
+            continue
+        why = resolve.refusal(q.file) if q.new and d.decision == SAME else None
+        if why:
+            problems.append(f"{d.where}: query_image {shorten(d.query)!r} refused: {why}")
             continue
         shown, actual = d.candidate_whale, cat.photos[c.image_id].whale_id
         if shown and shown != actual:
@@ -265,7 +305,7 @@ def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path]) -
             continue
         pairs[frozenset((q, c))].append((d, q, c))
     if problems:
-        raise DataError(_problems("unknown images", problems))
+        raise DataError(_problems("unknown or refused images", problems))
 
     def whale(ref: Ref) -> str:
         return "" if ref.new else cat.photos[ref.image_id].whale_id
@@ -400,9 +440,9 @@ def _inside(path: Path, folder: Path) -> str | None:
     return None if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel) else Path(rel).as_posix()
 
 
-def apply(plan: Plan, cat: Catalogue, output: Path, photo_dir: Path, dry_run: bool = False) -> pd.DataFrame:
-    """The new metadata table: whale ids merged and assigned, a row per new photo (copied into ``photo_dir`` when
-    outside the new file's folder, unless ``dry_run``), paths relative to ``output``'s folder."""
+def apply(plan: Plan, cat: Catalogue, output: Path, photo_dir: Path) -> pd.DataFrame:
+    """The new metadata table: whale ids merged and assigned, a row per new photo (to be copied into ``photo_dir``
+    by :func:`write` when outside the new file's folder: ``plan.copies``), paths relative to ``output``'s folder."""
     out_dir = Path(output).parent
     if _inside(photo_dir, out_dir) is None:
         raise DataError(f"--photo-dir {photo_dir} is not inside the folder of {output}: the catalogue could not "
@@ -439,12 +479,8 @@ def apply(plan: Plan, cat: Catalogue, output: Path, photo_dir: Path, dry_run: bo
             target = Path(photo_dir) / f"{n.image_id}{n.file.suffix.lower()}"
             if target.exists() and not _same_bytes(target, n.file):
                 raise DataError(f"{target} exists and is another file; cannot copy the new photo {n.file} there")
-            if not dry_run and not target.exists():
-                try:
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copy2(n.file, target)
-                except OSError as exc:
-                    raise DataError(f"cannot copy the new photo {n.file} to {target} ({exc.strerror or exc})") from None
+            if not target.exists():
+                plan.copies.append((n.file, target))
             rel = _inside(target, out_dir)
             detail += f", copied to {target}"
         n.path = rel
@@ -462,14 +498,73 @@ def apply(plan: Plan, cat: Catalogue, output: Path, photo_dir: Path, dry_run: bo
     return table
 
 
+def backup_path(metadata: Path) -> Path:
+    """Where ``--in-place`` keeps the file it replaces: ``METADATA.bak``, else the first free ``METADATA.bak.N``
+    (N = 2, 3, ...): a backup is never overwritten."""
+    first = Path(metadata).with_name(Path(metadata).name + ".bak")
+    candidate, n = first, 2
+    while os.path.lexists(candidate):
+        candidate, n = first.with_name(f"{first.name}.{n}"), n + 1
+    return candidate
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _writable_folder(path: Path) -> str | None:
+    """Why a file cannot be created at ``path`` (its nearest existing folder not writable), or ``None``."""
+    folder = Path(os.path.abspath(path)).parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"the folder {folder} is not writable"
+    return None
+
+
+def check_outputs(output: Path, log_path: Path, backup: Path | None, inputs: list[Path], plan: Plan) -> None:
+    """Refuse, before anything is written, outputs that cannot be written or would destroy another file: the log
+    as the metadata, its backup or an input; a folder where a file goes; a folder that cannot be written."""
+    problems = []
+    protected = [("the new metadata", output)] + ([("its backup", backup)] if backup else []) + [
+        ("an input", p) for p in inputs]
+    for what, other in protected:
+        if _same_file(log_path, other):
+            problems.append(f"--log {log_path} is {what} ({other}): the log may not replace it")
+    if backup is not None and Path(output).exists() and not Path(output).is_file():
+        problems.append(f"{output} is not a file")
+    targets = [("the new metadata", Path(output)), ("the log", Path(log_path))] + \
+        [("a new photo's copy", target) for _, target in plan.copies]
+    for what, path in targets:
+        if path.is_dir():
+            problems.append(f"{what} {path} is a folder")
+            continue
+        why = _writable_folder(path)
+        if why:
+            problems.append(f"{what} {path} cannot be written: {why}")
+        elif path.exists() and not os.access(path, os.W_OK) and what != "a new photo's copy":
+            problems.append(f"{what} {path} cannot be written: the file is read-only")
+    if problems:
+        raise DataError(_problems("outputs that cannot be written", problems))
+
+
 def write(table: pd.DataFrame, plan: Plan, output: Path, log_path: Path, backup: Path | None = None) -> None:
-    """The new metadata (atomically; ``backup``: a copy of the file it replaces) and the log of changes."""
+    """The new photos copied (``plan.copies``), then the log of changes, then (``backup``: a copy of the file it
+    replaces, made first) the new metadata, each file written atomically. Check the outputs first
+    (:func:`check_outputs`): a failure here leaves the old metadata in place."""
     try:
-        if backup is not None and Path(output).exists():
-            shutil.copy2(output, backup)
-        with atomic_path(Path(output), suffix=".csv") as tmp:
-            table.to_csv(tmp, index=False)
+        for src, target in plan.copies:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(target, suffix=target.suffix) as tmp:
+                shutil.copy2(src, tmp)
         with atomic_path(Path(log_path), suffix=".csv") as tmp:
             pd.DataFrame([c.__dict__ for c in plan.changes + plan.notes], columns=LOG_COLUMNS).to_csv(tmp, index=False)
+        if backup is not None and Path(output).exists():
+            with atomic_path(backup, suffix=".bak") as tmp:
+                shutil.copy2(output, tmp)
+        with atomic_path(Path(output), suffix=".csv") as tmp:
+            table.to_csv(tmp, index=False)
     except OSError as exc:
         raise DataError(f"cannot write {exc.filename or output} ({exc.strerror or exc})") from None

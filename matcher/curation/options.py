@@ -7,8 +7,9 @@ import argparse
 import textwrap
 from pathlib import Path
 
-from .. import __version__, backends, presets
-from ..config import default_cache_dir, env, env_value, workers
+from .. import __version__
+from ..config import env
+from ..options import add_engine_options
 from . import audit, decisions
 
 DEFAULT_OUT = "whalematch-out"
@@ -22,36 +23,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefau
 
 
 def common_options() -> argparse.ArgumentParser:
-    """The engine's options, shared by every command (defaults from $WHALEMATCH_<NAME>)."""
+    """The engine's options (:func:`matcher.options.add_engine_options`, as main.py has them) and what every
+    matching command adds: the calibration and the prior."""
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("engine")
-    g.add_argument("--preset", default=env("PRESET", presets.DEFAULT_PIPELINE), choices=sorted(presets.PIPELINES),
-                   help="pipeline preset ($WHALEMATCH_PRESET)")
-    g.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
-                   help="feature and verdict caches ($WHALEMATCH_CACHE_DIR, else $XDG_CACHE_HOME/whalematch, "
-                        "else ~/.cache/whalematch)")
-    g.add_argument("--no-cache", action="store_true", help="keep nothing on disk between runs")
-    g.add_argument("--device", default=env("DEVICE", "auto"), help="auto, cpu or cuda[:N] ($WHALEMATCH_DEVICE)")
-    g.add_argument("--workers", type=int, default=env_value("WORKERS", workers, None),
-                   help="CPU verification workers; None: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
+    add_engine_options(g, audit_note=True)
     g.add_argument("--calibration", type=Path, default=env("CALIBRATION"),
                    help="calibration file; None: calibration-<preset>.json in $WHALEMATCH_WEIGHTS_DIR or weights/ "
                         "($WHALEMATCH_CALIBRATION)")
-    g.add_argument("--pair-score", default=env("PAIR_SCORE", "auto"), choices=("auto", "strength", "learned"),
-                   help="the pair score: learned (the pair model's P(same whale) from the verdict's evidence and the "
-                        "photos' dates and viewpoints), strength (inliers and their similarity), or auto: learned "
-                        "where the preset has a pair model, except in audit, which judges labels by the image evidence "
-                        "alone ($WHALEMATCH_PAIR_SCORE)")
-    g.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
-                   help="the pair model's file; None: pair-model-<preset>.json in the weights folders "
-                        "($WHALEMATCH_PAIR_MODEL)")
     g.add_argument("--prior", type=float, default=None,
                    help="share of same-whale pairs to assume for P(same whale); None: search: 1/K for the K whales "
                         "compared (the new photo shows one of them), audit and verify: the calibration's even odds "
                         "(the evidence of the pair alone); every command states which and why")
-    backends.add_options(g)
-    g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("-v", "--verbose", action="store_true", help="debug messages")
     return p
 
 
@@ -144,7 +127,12 @@ def apply_decisions_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("--output", type=Path,
                    help="the new metadata CSV; None: <metadata stem>.decided.csv beside METADATA. In another folder "
                         "the paths are rewritten relative to it (it must hold the photos)")
-    a.add_argument("--in-place", action="store_true", help="overwrite METADATA (the old file is kept as METADATA.bak)")
+    a.add_argument("--in-place", action="store_true",
+                   help="overwrite METADATA (the old file is kept as METADATA.bak, or .bak.2, .bak.3, ... when that "
+                        "exists: a backup is never overwritten)")
+    a.add_argument("--new-photos", type=Path, action="append", default=[], metavar="DIR",
+                   help="a folder the reviewed new photos come from (repeatable); a new photo is taken only from "
+                        "such a folder or the catalogue's own, and only if it decodes as an image")
     a.add_argument("--log", type=Path, help="CSV log of every change and of decisions that change nothing; None: "
                                             "<output stem>.changes.csv beside the output")
     a.add_argument("--photo-dir", type=Path, default=Path("new_photos"),

@@ -10,6 +10,7 @@ import pandas as pd
 
 from ..errors import DataError
 from ..io.catalogue import Photo
+from ..io.paths import checked
 from ..io.tables import read_csv
 from . import report
 from .curator import RESULT_COLUMNS, Curator, PairTask, mirror_side
@@ -22,7 +23,7 @@ def resolve_photo(value: str, meta: dict[str, Photo] | None, base: Path | None =
     """An image id of the metadata, else a path (relative to the working folder, then to ``base``)."""
     if meta is not None and value in meta:
         return meta[value]
-    path = Path(value).expanduser()
+    path = checked(Path(value).expanduser(), "image")
     if not path.is_absolute() and not path.exists() and base is not None and (base / path).exists():
         path = base / path
     if meta is not None and not path.exists():

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import WeightsError
+from ..io import weights
 
 QUANT = 127
 FORMAT = "whalematch-global-head"
@@ -98,6 +99,8 @@ class GlobalHead:
 
         weights_path = Path(weights_path)
         meta = weights_path.with_suffix(".json")
+        for shipped in (weights_path, meta):  # the shipped head's two files must match weights/SHA256SUMS
+            weights.check_recorded(shipped)
         try:
             doc = json.loads(meta.read_text())
             if doc.get("format") != FORMAT or doc.get("version") != VERSION:
@@ -120,6 +123,8 @@ class GlobalHead:
         with atomic_path(weights_path.with_suffix(".json"), suffix=".json") as tmp:
             tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "conf": self.conf,
                                        "info": self.info}, indent=1) + "\n")
+        for shipped in (weights_path, weights_path.with_suffix(".json")):
+            weights.record_sum(shipped)
 
     def embed(self, feats: dict) -> np.ndarray:
         """The image's embedding as int8 (``QUANT`` scale), from its own features alone (all its keypoints)."""

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..errors import ImageError
+from ..errors import ImageError, WeightsError
 from ..io import device as devices
 from ..io import images
 from ..io.array_store import ArrayStore
@@ -181,6 +181,8 @@ class FeatureStage:
         shas = list(decoded)
         try:
             return dict(zip(shas, self.extractor.extract([decoded[s] for s in shas])))
+        except WeightsError:  # the extractor cannot be built: no image would fare better, the run cannot go on
+            raise
         except Exception as exc:  # noqa: BLE001 - isolated per image below; out-of-memory is split upstream
             if len(shas) == 1:
                 bad[shas[0]] = f"{paths[shas[0]]}: feature extraction failed ({type(exc).__name__}: {exc})"

@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
-from .tables import read_csv, safe_join
+from .paths import checked, safe_join
+from .tables import read_csv
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ def read_metadata(path: Path, required: tuple[str, ...] = METADATA_COLUMNS) -> t
 
 def metadata_file(source: Path) -> Path:
     """``source`` if it is a CSV file, else ``source/metadata.csv``; :class:`DataError` when neither exists."""
-    source = Path(source)
+    source = checked(source, "catalogue")
     if source.is_file():
         return source
     if not source.is_dir():
@@ -101,7 +102,7 @@ def read_photos(csv_path: Path) -> dict[str, Photo]:
 
 def load_catalogue(source: Path) -> list[Photo]:
     """A catalogue from a metadata CSV, a folder holding ``metadata.csv``, or a folder of image files."""
-    source = Path(source)
+    source = checked(source, "catalogue")
     if source.is_file() or (source / "metadata.csv").is_file():
         return list(read_photos(metadata_file(source)).values())
     if not source.is_dir():

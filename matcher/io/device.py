@@ -10,7 +10,9 @@ and matching chunks from :func:`memory_cap` so that they stay below it in the fi
 from __future__ import annotations
 
 import logging
+import math
 import os
+import re
 
 from ..errors import DeviceError
 
@@ -19,17 +21,37 @@ DEFAULT_GPU_MEMORY_GB = 12.0
 _applied: dict[int, int] = {}
 
 
+def parse_name(text: str) -> str:
+    """A device name as written: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (ValueError otherwise); whether the
+    machine has it is :func:`pick`'s question."""
+    name = str(text).strip().lower()
+    if name in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d{1,3}", name):
+        return name
+    raise ValueError("choose auto, cpu, cuda or cuda:N")
+
+
+def parse_gpu_memory(text: str) -> float:
+    """GiB of GPU memory this process may use: a positive number (ValueError otherwise)."""
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError("expected a positive number of GiB")
+    return value
+
+
 def pick(requested: str | None = None) -> str:
     """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda[:N]``; a clear error for anything unusable."""
     import torch
 
     name = (requested or os.environ.get("WHALEMATCH_DEVICE") or "auto").strip().lower()
+    try:
+        parse_name(name)
+    except ValueError:
+        raise DeviceError(f"device {name!r} is not one of auto, cpu, cuda or cuda:N (--device / "
+                          "WHALEMATCH_DEVICE)") from None
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cpu":
         return name
-    if not name.startswith("cuda"):
-        raise DeviceError(f"device {name!r} is not one of auto, cpu, cuda or cuda:N (--device / WHALEMATCH_DEVICE)")
     if not torch.cuda.is_available():
         raise DeviceError(f"device {name!r} requested but this machine has no usable CUDA GPU; "
                           "use --device auto or cpu (WHALEMATCH_DEVICE)")
@@ -50,12 +72,9 @@ def requested_cap_gb() -> float:
     """The GPU memory cap in GiB: ``$WHALEMATCH_GPU_MEMORY_GB``, else 12."""
     value = os.environ.get("WHALEMATCH_GPU_MEMORY_GB")
     try:
-        cap = float(value) if value else DEFAULT_GPU_MEMORY_GB
-    except ValueError:
-        raise ValueError(f"WHALEMATCH_GPU_MEMORY_GB={value!r} is not a number of GiB") from None
-    if cap <= 0:
-        raise ValueError(f"WHALEMATCH_GPU_MEMORY_GB={value!r} must be positive")
-    return cap
+        return parse_gpu_memory(value) if value else DEFAULT_GPU_MEMORY_GB
+    except ValueError as exc:
+        raise ValueError(f"WHALEMATCH_GPU_MEMORY_GB={value!r}: {exc}") from None
 
 
 def _index(device: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -18,12 +19,26 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageError
+from .paths import shorten
 
+log = logging.getLogger(__name__)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-MAX_PIXELS = 20_000 * 20_000  # refuse decompression bombs beyond this
+# Refused beyond this (read from the header, before decoding): above every camera in use for photo-identification
+# (61 MP at most), 13 times the largest photo of the development catalogue (4.8 MP); a decoded 8-bit RGB image of
+# this size holds 192 MB.
+MAX_PIXELS = 64_000_000
 MIN_SIDE = 16  # pixels; smaller images hold no usable marks
 MAX_FILE_BYTES = 1 << 30  # an image file over 1 GiB is refused before it is read
-DECODE_MAX_SIDE = 4096  # large JPEGs decode at reduced scale; nothing finer survives an extractor's working size
+# Images whose longer side exceeds this decode at a reduced scale whose longer side stays at least this: a JPEG at
+# 1/2, 1/4 or 1/8 scale while decoding (``draft``), any other format box-reduced by a whole factor right after.
+# Three times the longest side of any extractor's working size (about 143,000 pixels, so at most ~850 on the long
+# side of a 5:1 flank): nothing finer survives the resize to the working size.
+DECODE_MAX_SIDE = 2560
+# A file that declares this few bytes per pixel is not a photograph (real JPEGs of the development catalogue hold
+# 0.2 to 0.55): a patched header or a blank picture; it is decoded, with a warning.
+MIN_BYTES_PER_PIXEL = 0.005
+SPARSE_MIN_PIXELS = 1_000_000  # the bytes-per-pixel warning is for large declared sizes only
+DECODER = {"max_pixels": MAX_PIXELS, "decode_max_side": DECODE_MAX_SIDE, "version": 2}  # in every feature key
 EXIF_ORIENTATION = 0x0112
 TRANSPOSED_ORIENTATIONS = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
@@ -49,23 +64,24 @@ def content_hash(data: bytes) -> str:
 def read_bytes(path: Path) -> bytes:
     """The file's bytes; :class:`ImageError` naming it if it is absent, not a regular file or too large."""
     path = Path(path)
+    name = shorten(path)
     try:
         # O_NONBLOCK: opening a FIFO planted in the data folder must not hang the run.
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
         with os.fdopen(fd, "rb") as fh:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
-                raise ImageError(f"{path}: not a regular file (a device, pipe or socket); refused")
+                raise ImageError(f"{name}: not a regular file (a device, pipe or socket); refused")
             if st.st_size > MAX_FILE_BYTES:
-                raise ImageError(f"{path}: {st.st_size:,} bytes is too large for an image file "
+                raise ImageError(f"{name}: {st.st_size:,} bytes is too large for an image file "
                                  f"(at most {MAX_FILE_BYTES:,})")
             return fh.read()
     except FileNotFoundError:
-        raise ImageError(f"{path}: image file not found") from None
+        raise ImageError(f"{name}: image file not found") from None
     except OSError as exc:
-        raise ImageError(f"{path}: cannot read image file ({exc.strerror or exc})") from None
+        raise ImageError(f"{name}: cannot read image file ({exc.strerror or exc})") from None
     except ValueError as exc:  # e.g. an embedded NUL byte in the name
-        raise ImageError(f"{path}: cannot read image file ({exc})") from None
+        raise ImageError(f"{name}: cannot read image file ({exc})") from None
 
 
 def _to_uint8(img: Image.Image) -> np.ndarray:
@@ -104,26 +120,35 @@ def decode(data: bytes, name: str | Path, max_side: int | None = None) -> np.nda
     """Decode image bytes to an (H, W, 3) uint8 RGB array.
 
     ``max_side`` lets decoding skip resolution that will be thrown away: a JPEG
-    over twice that decodes at a reduced scale (a 10,000-pixel photo in a fraction
-    of the time), any other format is box-reduced right after decoding.
+    over that decodes at the smallest of 1/2, 1/4, 1/8 scale that keeps it (an 8,000-pixel
+    photo in a fraction of the time), any other format over twice that is box-reduced
+    right after decoding. An image of more than :data:`MAX_PIXELS` is refused from its
+    header; one that declares a large size in very few bytes is decoded with a warning.
     Raises :class:`ImageError` naming ``name`` for anything unusable.
     """
     try:
         img = Image.open(io.BytesIO(data))  # reads the header only; Pillow itself refuses over 2 x MAX_PIXELS
         # Checked here, not through a warnings filter: decoding runs in threads, and warning filters are global.
-        if img.size[0] * img.size[1] > MAX_PIXELS:
-            raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]}")
-        if max_side and img.format == "JPEG" and max(img.size) > 2 * max_side:
-            scale = max_side / max(img.size)
-            img.draft("RGB", (max(1, int(img.size[0] * scale)), max(1, int(img.size[1] * scale))))
+        w, h = img.size
+        if w * h > MAX_PIXELS:
+            raise Image.DecompressionBombError(f"{w}x{h}")
+        if w * h >= SPARSE_MIN_PIXELS and len(data) < MIN_BYTES_PER_PIXEL * w * h:
+            log.warning("%s: declares %dx%d pixels in %s bytes (%.4f bytes per pixel; photographs hold 0.1 or more): "
+                        "a patched header or a blank picture; decoding it%s", name, w, h, f"{len(data):,}",
+                        len(data) / (w * h), " at reduced scale" if max_side and max(w, h) > max_side else "")
+        if max_side and img.format == "JPEG" and max(w, h) > max_side:
+            scale = max_side / max(w, h)  # draft picks the smallest 1/2^k scale that stays at least this size
+            img.draft("RGB", (max(1, int(w * scale + 0.999)), max(1, int(h * scale + 0.999))))
         img.load()
         ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of a large image without rotation
         img = _shrink(img, max_side)
         arr = _to_uint8(img)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image file Pillow can read (unknown or corrupt format)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{name}: image too large to decode safely (over {MAX_PIXELS:,} pixels)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        declared = str(exc) if str(exc).count("x") == 1 and len(str(exc)) < 24 else "its header's size"
+        raise ImageError(f"{name}: image too large to decode safely ({declared} declared, over {MAX_PIXELS:,} "
+                         f"pixels; reduce it to at most {MAX_PIXELS // 1_000_000} megapixels)") from None
     except MemoryError:
         raise ImageError(f"{name}: not enough memory to decode this image") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -4,8 +4,9 @@ A file that cannot be read as the CSV it should be (missing, malformed, a requir
 column absent) raises :class:`~matcher.errors.DataError` naming the file and what is
 wrong. Encodings: UTF-8 (with or without BOM), UTF-16 with a BOM, else Windows-1252 /
 Latin-1 with a warning; ``,``, ``;``, tab or ``|`` separated, quoted or not. Column names
-are matched ignoring case, spaces and ``-``/``_``. A path read from a table is never
-opened unless it stays inside the folder it is relative to (:func:`safe_join`).
+are matched ignoring case, spaces and ``-``/``_``. A row with more fields than the header
+is an error naming its line. Paths read from a table are made safe by
+:func:`matcher.io.paths.safe_join`.
 """
 
 from __future__ import annotations
@@ -14,35 +15,17 @@ import csv
 import difflib
 import io
 import logging
-import os
 import re
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import pandas as pd
 
 from ..errors import DataError
+from .paths import checked, shorten
 
 log = logging.getLogger(__name__)
 
 MAX_CSV_BYTES = 512 * 1024 * 1024  # a CSV this large is not a table of this project
-
-
-def safe_join(root: Path, relative: str, source: Path) -> Path:
-    """``root / relative`` if it stays inside ``root``; :class:`DataError` otherwise (never read).
-
-    The check is on the path as written (``..`` resolved lexically, no file system
-    access), so a refused path is never opened, not even to look at it.
-    """
-    rel = str(relative).strip()
-    if "\x00" in rel or any(ord(ch) < 32 for ch in rel):
-        raise DataError(f"{source}: path {relative!r} holds control characters; refused")
-    if not rel or PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or PureWindowsPath(rel).drive:
-        raise DataError(f"{source}: path {relative!r} is absolute or empty; refused (paths must stay in {root})")
-    root_abs = Path(os.path.abspath(root))
-    target = Path(os.path.abspath(root_abs / rel))
-    if target == root_abs or os.path.commonpath([root_abs, target]) != str(root_abs):
-        raise DataError(f"{source}: path {relative!r} points outside the data folder {root}; refused")
-    return target
 
 
 def _decode_text(path: Path, raw: bytes) -> str:
@@ -79,6 +62,37 @@ def _norm(name: str) -> str:
     return re.sub(r"[\s\-_]+", "_", str(name).strip().strip('"').strip()).lower()
 
 
+def _parse(path: Path, text: str, sep: str, required: tuple[str, ...]) -> pd.DataFrame:
+    """The table of strings, the first line its header. A row with more fields than the header is an error naming
+    its line: left to pandas, the extra leading fields of such rows would become an index and every column would
+    shift (``q001,train0114,x,y`` read as query ``x``). Missing trailing fields are read as blanks."""
+    try:
+        # header=None: pandas then takes the field count from the header line and refuses any longer row
+        raw = pd.read_csv(io.StringIO(text), sep=sep, header=None, dtype=str, keep_default_na=False,
+                          skipinitialspace=True, skip_blank_lines=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: file is empty (expected columns {', '.join(required)})") from None
+    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
+        m = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if m:
+            raise DataError(f"{path}: line {m.group(2)} has {m.group(3)} fields but the header has {m.group(1)} (a "
+                            f"separator {sep!r} inside an unquoted value, or a column without a name?)") from None
+        raise DataError(f"{path}: malformed CSV ({shorten(str(exc).strip())})") from None
+    names = [str(c).strip() for c in raw.iloc[0]]
+    for name in dict.fromkeys(names):
+        if names.count(name) > 1 and (name in required or _norm(name) in {_norm(r) for r in required}):
+            raise DataError(f"{path}: column {shorten(name)!r} appears {names.count(name)} times in the header")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(names):  # other repeated names get suffixes, as pandas gives them
+        k = seen.get(name, 0)
+        seen[name] = k + 1
+        if k:
+            names[i] = f"{name}.{k}"
+    df = raw.iloc[1:].reset_index(drop=True)
+    df.columns = names
+    return df
+
+
 def read_csv(path: Path, required: tuple[str, ...], nonblank: tuple[str, ...] | None = None,
              empty_ok: bool = False) -> pd.DataFrame:
     """A CSV of strings with the required columns (names matched ignoring case and spacing).
@@ -86,6 +100,7 @@ def read_csv(path: Path, required: tuple[str, ...], nonblank: tuple[str, ...] | 
     ``nonblank`` (default: all required) are columns where an empty value is an error;
     ``empty_ok``: a file with no bytes at all is read as no rows.
     """
+    path = checked(path, "CSV file")
     if not path.is_file():
         raise DataError(f"{path}: file not found" + (" (it is a folder)" if path.is_dir() else ""))
     try:
@@ -104,14 +119,7 @@ def read_csv(path: Path, required: tuple[str, ...], nonblank: tuple[str, ...] | 
     sep = _separator(text)
     if sep != ",":
         log.warning("%s is separated by %r, not commas; reading it so", path, sep)
-    try:
-        df = pd.read_csv(io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
-                         skip_blank_lines=True)
-    except pd.errors.EmptyDataError:
-        raise DataError(f"{path}: file is empty (expected columns {', '.join(required)})") from None
-    except (pd.errors.ParserError, csv.Error, ValueError) as exc:
-        raise DataError(f"{path}: malformed CSV ({str(exc).strip()})") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = _parse(path, text, sep, required)
     if any(c not in df.columns for c in required):
         by_norm = {}
         for c in df.columns:

@@ -8,9 +8,13 @@ Nothing is ever downloaded. Two kinds of file are looked for:
   (:func:`search_dirs`). Every file must match the sum recorded in
   ``weights/SHA256SUMS`` and is loaded with ``torch.load(weights_only=True)``
   (:func:`find`, :func:`load`);
-* artefacts the project fits itself (codebook, calibration) and files the user
-  gives (LoFTR's checkpoint): in ``$WHALEMATCH_WEIGHTS_DIR``, then ``weights/``
-  (:func:`project_dirs`), after any path given explicitly (:func:`locate`).
+* artefacts the project fits itself (codebook, calibration, pair model, global head) and files
+  the user gives (LoFTR's checkpoint): in ``$WHALEMATCH_WEIGHTS_DIR``, then ``weights/``
+  (:func:`project_dirs`), after any path given explicitly (:func:`locate`). A file found there
+  under a name that ``weights/SHA256SUMS`` records must match it (a copy that does not is refused
+  with a warning and the next folder tried); the commands that rebuild a shipped artefact record its
+  new sum (:func:`record_sum`). A file given by path is the user's own: what checks it is its loader
+  (the pair model's embedded checksum, a calibration's settings key).
 """
 
 from __future__ import annotations
@@ -92,15 +96,64 @@ def search_dirs() -> list[Path]:
 def locate(filename: str, explicit: list[tuple[str, Path]] = ()) -> Path | None:
     """A shipped artefact or user-given file: the first of the ``explicit`` paths (each ``(where it was given,
     path)``; one that does not exist is an error, the user asked for that file), else the first folder of
-    :func:`project_dirs` that holds ``filename``; ``None`` if none does."""
+    :func:`project_dirs` that holds ``filename`` in a copy that matches its recorded SHA-256 (when
+    ``weights/SHA256SUMS`` records one); ``None`` if no folder holds it. :class:`WeightsError` when every copy
+    found was refused."""
     for given, path in explicit:
         if not Path(path).is_file():
             raise WeightsError(f"{filename}: not found at {path} (given {given})")
         return Path(path)
+    expected = recorded_sums().get(filename)
+    refused = []
     for folder in project_dirs():
-        if (folder / filename).is_file():
-            return folder / filename
+        path = folder / filename
+        if not path.is_file():
+            continue
+        if expected is None:
+            return path
+        try:
+            return _verified(path, expected, _stamp(path))
+        except WeightsError as exc:
+            log.warning("%s", exc)
+            refused.append(str(exc))
+    if refused:
+        raise WeightsError(f"{filename}: every copy found was refused: {'; '.join(refused)}")
     return None
+
+
+def check_recorded(path: Path) -> Path:
+    """``path``, refused (:class:`WeightsError`) when it lies in one of :func:`project_dirs` under a name that
+    ``weights/SHA256SUMS`` records and does not match that sum (for the files that ship beside another one, as
+    a head's settings beside its weights)."""
+    path = Path(path)
+    expected = recorded_sums().get(path.name)
+    if expected is not None and path.is_file() and path.resolve().parent in {d.resolve() for d in project_dirs()}:
+        _verified(path, expected, _stamp(path))
+    return path
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    """What tells a file changed since it was last checked (size, modification time)."""
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def record_sum(path: Path) -> bool:
+    """Record ``path``'s SHA-256 in ``weights/SHA256SUMS`` when it is a file of the project's ``weights/`` folder
+    (the commands that rebuild a shipped artefact call this); whether it did."""
+    path = Path(path)
+    if not path.is_file() or path.resolve().parent != WEIGHTS_DIR:
+        return False
+    sums = recorded_sums()
+    sums[path.name] = file_sha256(path)
+    lines = [line for line in SUMS_FILE.read_text().splitlines() if line.startswith("#")] if SUMS_FILE.exists() else []
+    lines += [f"{digest}  {name}" for name, digest in sums.items()]
+    from .atomic import atomic_path
+
+    with atomic_path(SUMS_FILE) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    _verified.cache_clear()
+    return True
 
 
 def file_sha256(path: Path) -> str:
@@ -143,7 +196,7 @@ def find(filename: str) -> Path:
     for path in paths:
         if path.is_file():
             try:
-                return _verified(path, expected)
+                return _verified(path, expected, _stamp(path))
             except WeightsError as exc:
                 log.warning("%s", exc)
                 refused.append(str(exc))
@@ -151,7 +204,7 @@ def find(filename: str) -> Path:
 
 
 @lru_cache(maxsize=None)
-def _verified(path: Path, expected: str) -> Path:
+def _verified(path: Path, expected: str, stamp: tuple[int, int] = (0, 0)) -> Path:
     actual = file_sha256(path)
     if actual != expected:
         raise WeightsError(_mismatch(path, actual, expected))

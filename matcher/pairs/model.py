@@ -9,15 +9,21 @@ then missing values, which the trees were trained to handle.
 The model ships as one JSON file (``weights/pair-model-<preset>.json``): the format and version, the
 feature names, the verdict settings key it was trained for, what it was trained on, its out-of-fold
 figures and the command that rebuilds it, and the trees in LightGBM's own text format (loaded with
-``lightgbm.Booster(model_str=...)``: no pickle).
+``lightgbm.Booster(model_str=...)``: no pickle). The file carries the SHA-256 of its own content
+(``sha256``), checked on every load, and the shipped file is also checked against ``weights/SHA256SUMS``
+(:func:`matcher.io.weights.locate`); the trees are checked by :mod:`.lightgbm_text` before LightGBM
+reads them (its parser trusts its input: a model cut short crashes the process).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
+import os
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +32,7 @@ from ..errors import WeightsError
 from ..features.global_head import similarity
 from ..io import weights
 from ..io.atomic import atomic_path
-from . import evidence
+from . import evidence, lightgbm_text
 
 FORMAT = "whalematch-pair-model"
 VERSION = 1
@@ -132,33 +138,66 @@ class PairModel:
         return self.predict([feature_row(v, a, b, self.features) for v, (a, b) in zip(verdicts, metas)])
 
     def to_json(self) -> dict:
-        return {"format": FORMAT, "version": VERSION, "kind": "lightgbm binary classifier",
-                "features": self.features, "settings_key": self.settings_key, "info": self.info,
-                "lightgbm_model": self.booster_text}
+        doc = {"format": FORMAT, "version": VERSION, "kind": "lightgbm binary classifier",
+               "features": self.features, "settings_key": self.settings_key, "info": self.info,
+               "lightgbm_model": self.booster_text}
+        return {**doc, "sha256": content_sha256(doc)}
 
     def save(self, path: Path) -> None:
+        """The model file (atomically); under the shipped name in ``weights/``, its sum recorded in SHA256SUMS."""
         with atomic_path(Path(path), suffix=".json") as tmp:
             tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
+        weights.record_sum(Path(path))
 
     @classmethod
     def load(cls, path: Path) -> PairModel:
+        """The model of a file, refused (:class:`WeightsError` naming it) unless its content matches its own
+        SHA-256 and its trees are well formed: nothing malformed reaches LightGBM. A file read before and not
+        changed since is not read again (the same model object)."""
+        path = Path(path)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise WeightsError(f"{path}: cannot load the pair model ({exc.strerror or exc})") from None
+        return _load(cls, os.path.abspath(path), st.st_size, st.st_mtime_ns)
+
+    @classmethod
+    def _read(cls, path: Path) -> PairModel:
         path = Path(path)
         try:
             doc = json.loads(path.read_text())
-            if doc.get("format") != FORMAT or doc.get("version") != VERSION:
+            if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
                 raise ValueError(f"not a {FORMAT} file of version {VERSION}")
-            model = cls(list(doc["features"]), doc["settings_key"], doc["lightgbm_model"], doc.get("info", {}),
-                        str(path))
+            unknown = set(doc["features"]) - set(feature_names(True, True))
+            if unknown:
+                raise ValueError(f"it uses features this version does not compute: {', '.join(sorted(unknown))}")
+            head = (doc.get("info") or {}).get("head") or {}
+            if set(HEAD_FEATURES) & set(doc["features"]) and not {"file", "sha256"} <= set(head):
+                raise ValueError("it reads a global head's vote but does not say which head (info.head.file and "
+                                 "info.head.sha256)")
+            if "sha256" not in doc:
+                raise ValueError("it carries no checksum of its content (made by an older version: rebuild it with "
+                                 "make train-verifier)")
+            if content_sha256(doc) != doc["sha256"]:
+                raise ValueError("its content does not match its own SHA-256: changed or damaged since it was "
+                                 "written")
+            model = cls(list(doc["features"]), str(doc["settings_key"]), doc["lightgbm_model"],
+                        dict(doc.get("info", {})), str(path))
+            lightgbm_text.check(model.booster_text, len(model.features))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise WeightsError(f"{path}: cannot load the pair model ({exc})") from None
-        unknown = set(model.features) - set(feature_names(True, True))
-        if unknown:
-            raise WeightsError(f"{path}: the pair model uses features this version does not compute: "
-                               f"{', '.join(sorted(unknown))}")
-        if model.uses_head and not {"file", "sha256"} <= set(model.info.get("head") or {}):
-            raise WeightsError(f"{path}: the pair model reads a global head's vote but does not say which head "
-                               "(info.head.file and info.head.sha256)")
         return model
+
+
+@lru_cache(maxsize=8)
+def _load(cls, path: str, size: int, mtime_ns: int) -> PairModel:
+    return cls._read(Path(path))
+
+
+def content_sha256(doc: dict) -> str:
+    """SHA-256 of a model file's content (every field but ``sha256`` itself, as canonical JSON)."""
+    body = {k: v for k, v in doc.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def photo_fingerprints(shas) -> list[str]:
@@ -171,13 +210,19 @@ def model_file(preset: str) -> str:
     return f"pair-model-{preset}.json"
 
 
+class NoPairModel(WeightsError):
+    """No pair model file exists for the preset (none was given and none ships): the only case where a score
+    falls back to the strength."""
+
+
 def for_preset(preset: str, settings_key: str, path: Path | None = None) -> PairModel:
-    """The pair model for a preset's verdicts: ``path``, else :func:`model_file` in the weights folders;
-    :class:`WeightsError` when there is none or it was trained for verdicts of other settings."""
+    """The pair model for a preset's verdicts: ``path``, else :func:`model_file` in the weights folders.
+    :class:`NoPairModel` when no file exists and none was given; :class:`WeightsError` for a given file that is
+    missing, any file that is refused, or a model trained for verdicts of other settings."""
     found = weights.locate(model_file(preset), [("as the pair model", Path(path))] if path else [])
     if found is None:
-        raise WeightsError(f"{model_file(preset)}: no pair model for preset {preset} in "
-                           f"{', '.join(str(d) for d in weights.project_dirs())} (make train-verifier builds one)")
+        raise NoPairModel(f"{model_file(preset)}: no pair model for preset {preset} in "
+                          f"{', '.join(str(d) for d in weights.project_dirs())} (make train-verifier builds one)")
     model = PairModel.load(found)
     if model.settings_key != settings_key:
         raise WeightsError(f"{found}: pair model trained for verdicts {model.settings_key}, not for {settings_key} "

@@ -9,9 +9,11 @@ so (a, b), (b, a), the same pair in two scenarios, or in a second run, is
 verified once. Writes go in transactions (a killed run keeps every committed
 batch and nothing of the one in flight). A database file that is not a valid
 SQLite store, or that turns out corrupt while in use, is moved aside (with its
-``-wal`` and ``-shm`` files) with a warning and started afresh; a store that
-cannot be opened or written (disk full, read-only, locked) is reported once and
-the run goes on with verdicts kept in memory.
+``-wal`` and ``-shm`` files) with a warning and started afresh; a row that does
+not hold a verdict (a value of the wrong type, a count out of range, evidence that
+is not a table of numbers: a tampered or damaged row) is dropped with a warning and
+its pair verified again; a store that cannot be opened or written (disk full,
+read-only, locked) is reported once and the run goes on with verdicts kept in memory.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import sqlite3
 from pathlib import Path
 
@@ -48,12 +51,41 @@ def canonical(sha0: str, sha1: str) -> tuple[str, str]:
     return (sha0, sha1) if sha0 <= sha1 else (sha1, sha0)
 
 
+class BadRow(ValueError):
+    """A stored row that does not hold a verdict."""
+
+
+def _number(value, what: str, finite: bool = True) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (finite and not math.isfinite(value)):
+        raise BadRow(f"{what} is {str(value)[:40]!r}, not a{' finite' if finite else ''} number")
+    return float(value)
+
+
 def _verdict(row) -> dict:
+    """The verdict of a stored row; :class:`BadRow` when a value has the wrong type or lies out of range."""
     v = dict(zip(COLUMNS, row))
-    v["model"] = json.loads(v["model"]) if v["model"] else None
-    v["evidence"] = json.loads(v["evidence"]) if v["evidence"] else {}
-    if not (0.0 <= v["score"] <= 1.0) or v["n_inliers"] < 0 or v["n_inliers"] > v["n_matches"]:
-        raise ValueError(f"implausible verdict {v}")
+    for name in ("n_matches", "n_inliers"):
+        if isinstance(v[name], bool) or not isinstance(v[name], int) or v[name] < 0:
+            raise BadRow(f"{name} is {str(v[name])[:40]!r}, not a count")
+    v["strength"], v["score"] = _number(v["strength"], "strength"), _number(v["score"], "score")
+    if not (0.0 <= v["score"] <= 1.0) or v["strength"] < 0 or v["n_inliers"] > v["n_matches"]:
+        raise BadRow(f"implausible verdict: {v['n_inliers']} inliers of {v['n_matches']} matches, strength "
+                     f"{v['strength']}, score {v['score']}")
+    try:
+        model = json.loads(v["model"]) if v["model"] else None
+        ev = json.loads(v["evidence"]) if v["evidence"] else {}
+    except (TypeError, ValueError) as exc:
+        raise BadRow(f"model or evidence is not JSON ({exc})") from None
+    if model is not None:  # a 2x3 (affine) or 3x3 (homography) matrix, row-major
+        if not isinstance(model, list) or len(model) not in (6, 9):
+            raise BadRow("the fitted model is not a 2x3 or 3x3 matrix")
+        for x in model:
+            _number(x, "a fitted model's entry")
+    if not isinstance(ev, dict):
+        raise BadRow(f"evidence is {type(ev).__name__}, not a table of numbers")
+    for key, x in ev.items():
+        _number(x, f"evidence {str(key)[:40]!r}", finite=False)  # NaN where a value does not apply
+    v["model"], v["evidence"] = model, ev
     return v
 
 
@@ -128,6 +160,7 @@ class VerdictStore:
     def get_many(self, pairs: list[tuple[str, str]]) -> dict[tuple[str, str], dict]:
         """Stored verdicts of the given canonical pairs (missing ones are absent)."""
         found: dict[tuple[str, str], dict] = {}
+        bad: dict[tuple[str, str], str] = {}
         try:
             cur = self.conn.cursor()
             for a, b in pairs:
@@ -137,14 +170,32 @@ class VerdictStore:
                     (a, b, self.settings),
                 ).fetchone()
                 if row is not None:
-                    found[(a, b)] = _verdict(row)
-        except (sqlite3.DatabaseError, ValueError, TypeError) as exc:
-            if isinstance(exc, sqlite3.DatabaseError) and _is_io_problem(exc):
+                    try:
+                        found[(a, b)] = _verdict(row)
+                    except BadRow as exc:
+                        bad[(a, b)] = str(exc)
+        except sqlite3.DatabaseError as exc:
+            if _is_io_problem(exc):
                 log.warning("cannot read pair cache %s (%s); verifying the pairs again", self.path, exc)
             elif self.path is not None:
                 self.conn = self._restart(exc)
             return {}
+        if bad:
+            self._drop(bad)
         return found
+
+    def _drop(self, bad: dict[tuple[str, str], str]) -> None:
+        """Delete rows that hold no verdict (their pairs are then verified again), with one warning."""
+        first = next(iter(bad.values()))
+        log.warning("pair cache %s: %d stored verdict(s) unreadable (e.g. %s); dropped, their pairs are verified "
+                    "again", self.path or "in memory", len(bad), first)
+        try:
+            with self.conn:
+                self.conn.executemany("DELETE FROM verdicts WHERE sha_a=? AND sha_b=? AND settings=?",
+                                      [(a, b, self.settings) for a, b in bad])
+        except sqlite3.DatabaseError as exc:
+            log.warning("cannot delete them from pair cache %s (%s); they are written over once verified", self.path,
+                        exc)
 
     def rows(self, verdicts: dict[tuple[str, str], dict]) -> list[tuple]:
         """The table rows of these verdicts (canonical pairs) for this store's settings."""
