@@ -13,7 +13,7 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: install demo test data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-global bench clean
+.PHONY: install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-global bench clean
 
 $(PY):
 	$(PYTHON_BASE) -m venv $(VENV)
@@ -31,6 +31,10 @@ demo: install data-subset pack-submission test-submission score
 ## test: the test suite
 test:
 	$(PY) -m pytest -q
+
+## lint: ruff's checks (rules in pyproject.toml)
+lint:
+	$(PY) -m ruff check .
 
 ## data-subset: labelled development scenarios (DEV_DIR, LABELS) from the catalogue at CATALOGUE
 data-subset:
@@ -62,7 +66,7 @@ score:
 ## eval: run PRESET on DEV_DIR (caches in CACHE_DIR) and print mAP@20 and top-1 per scenario type and overall;
 ##       EVAL_ARGS adds options, e.g. EVAL_ARGS='--rerank none --append benchmarks/RESULTS.md --label "..."'
 eval:
-	$(PY) benchmarks/eval.py --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) $(EVAL_ARGS)
+	$(PY) -m benchmarks.accuracy --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) $(EVAL_ARGS)
 
 ## calibrate: refit weights/calibration-PRESET.json (P(same whale) from the pair strength) on labelled pairs of
 ## the development photos in DEV_DIR (labels from CATALOGUE), split by whale; prints the held-out ECE and Brier
@@ -76,20 +80,20 @@ calibrate:
 ##          CASCADE_ARGS='... --timing-budget 300' adds a main-job run: projected against actual time
 CASCADE_ARGS ?= --queries-per-scenario 6 --k1 40,all --k2 0,3,5,10,20
 cascade:
-	$(PY) benchmarks/cascade.py --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) \
+	$(PY) -m benchmarks.cascade --preset $(PRESET) --data-dir $(DEV_DIR) --labels $(LABELS) --cache-dir $(CACHE_DIR) \
 		$(CASCADE_ARGS)
 
 ## codebook: refit the stage-0 codebook (weights/codebook-disk-k1024-v1.json) on the DISK features of the
 ##           development images in DEV_DIR (images only, no labels; fixed seed)
 codebook:
-	$(PY) benchmarks/build_codebook.py --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
+	$(PY) -m training.build_codebook --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
 		--k 1024 --per-image 256 --iters 20 --seed 0 --version 1 --out weights/codebook-disk-k1024-v1.json
 
 ## train-verifier: retrain the learned pair model weights/pair-model-PRESET.json on every photo of CATALOGUE (fixed
 ##                 seed; features and verdicts cached in CACHE_DIR), with its out-of-fold figures (folds split by whale,
 ##                 each development scenario ranked by a model that never saw its whales); appends them to RESULTS.md
 train-verifier:
-	$(PY) benchmarks/train_verifier.py --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
+	$(PY) -m training.train_verifier --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
 		--dev $(DEV_DIR) --labels $(LABELS) --seed 0 --out weights/pair-model-$(PRESET).json --append benchmarks/RESULTS.md
 
 ## train-global: retrain the learned global descriptor head weights/global-head-disk-v1.pt (stage 0 learned-disk) on
@@ -97,7 +101,7 @@ train-verifier:
 ##               DEV_DIR (5 folds split by whale; with test-time flip, which extracts the mirrored development
 ##               photos' features once) written into weights/global-head-disk-v1.json
 train-global:
-	$(PY) benchmarks/train_global.py --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --dev $(DEV_DIR) \
+	$(PY) -m training.train_global --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --dev $(DEV_DIR) \
 		--labels $(LABELS) --seed 0 --flip-tta --out weights/global-head-disk-v1.pt
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
@@ -106,7 +110,7 @@ train-global:
 BENCH_IMAGES ?= $(CATALOGUE)
 BENCH_ARGS ?=
 bench:
-	$(PY) benchmarks/pair_throughput.py --images $(BENCH_IMAGES) --json benchmarks/results/pair_throughput.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.pair_throughput --images $(BENCH_IMAGES) --json benchmarks/results/pair_throughput.json $(BENCH_ARGS)
 
 ## bench-ray: pair verification on the Ray backend (1, 2, 3 nodes of Ray's multi-node harness on this machine) against
 ##            the local backend on the same pairs of DEV_DIR's photos (features from CACHE_DIR): pairs/s, the overhead
@@ -116,7 +120,7 @@ bench:
 RAY_BENCH_ARGS ?=
 .PHONY: bench-ray
 bench-ray:
-	$(PY) benchmarks/ray_scaling.py --images $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
+	$(PY) -m benchmarks.ray_scaling --images $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
 		--json benchmarks/results/ray_scaling.json $(RAY_BENCH_ARGS)
 
 clean:

@@ -1,6 +1,6 @@
 """Shortlist-cascade benchmark on the labelled development scenarios.
 
-    python benchmarks/cascade.py [--data-dir data/dev] [--labels data/dev_labels.csv] [--cache-dir DIR]
+    python -m benchmarks.cascade [--data-dir data/dev] [--labels data/dev_labels.csv] [--cache-dir DIR]
         [--preset disk-mnn] [--stage2 lightglue|none|loftr] [--global-descriptor auto|none|mean-disk|...]
         [--queries-per-scenario N] [--k0 5,10,20,40,60] [--k1 20,40,60,all] [--k2 0,3,5,10]
         [--timing-budget SECONDS] [--append FILE]
@@ -41,21 +41,20 @@ from pathlib import Path
 
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from matcher import config, presets
+from matcher.cascade import CascadeSettings
+from matcher.cascade.stages import build_stage2
+from matcher.challenge import layout, submission
+from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries
+from matcher.challenge.metric import mean_average_precision
+from matcher.challenge.run import run, submission_rows
+from matcher.challenge.submission import SUBMISSION_COLUMNS, TOP_K
+from matcher.engine import Engine
+from matcher.errors import WhaleMatchError
+from matcher.io.tables import read_csv
+from matcher.timing import Deadline
 
-from matcher import config, presets  # noqa: E402
-from matcher.cascade import CascadeSettings  # noqa: E402
-from matcher.cascade.stages import build_stage2  # noqa: E402
-from matcher.challenge import layout, submission  # noqa: E402
-from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries  # noqa: E402
-from matcher.challenge.metric import mean_average_precision  # noqa: E402
-from matcher.challenge.run import run, submission_rows  # noqa: E402
-from matcher.challenge.submission import SUBMISSION_COLUMNS, TOP_K  # noqa: E402
-from matcher.engine import Engine  # noqa: E402
-from matcher.errors import WhaleMatchError  # noqa: E402
-from matcher.io.tables import read_csv  # noqa: E402
-from matcher.timing import Deadline  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("cascade")
 

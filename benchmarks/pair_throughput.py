@@ -1,6 +1,6 @@
 """Pair throughput of the engine, against the one-pair-at-a-time way, and the projection to the challenge.
 
-    python benchmarks/pair_throughput.py [--images ../shared/belugas] [--n-images 24] [--n-pairs 200]
+    python -m benchmarks.pair_throughput [--images ../shared/belugas] [--n-images 24] [--n-pairs 200]
         [--presets disk-mnn,sift-mnn,disk-lightglue] [--device auto] [--workers N] [--gpu-memory-gb 12]
         [--json benchmarks/results/pair_throughput.json]
 
@@ -51,7 +51,7 @@ from multiprocessing import get_context
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+
 
 DEFAULT_PRESETS_CPU = "disk-mnn,sift-mnn,disk-lightglue"
 DEFAULT_PRESETS_GPU = "disk-mnn,sift-mnn,disk-lightglue,aliked-mnn,aliked-lightglue"
@@ -203,7 +203,7 @@ def measure_extractor(job: dict) -> dict:
             jobs = [(warm_feats[a]["keypoints"], warm_feats[b]["keypoints"], m, s)
                     for (a, b), (m, s) in matches.items()]
 
-            def ransac(n_threads: int) -> Clock:
+            def ransac(n_threads: int, jobs=jobs, vconf=vconf) -> Clock:
                 with Clock(device) as c, ThreadPoolExecutor(n_threads) as pool:
                     list(pool.map(lambda j: verify(*j, vconf), jobs, chunksize=8))
                 return c
@@ -422,8 +422,8 @@ def main(argv=None) -> int:
     os.environ["WHALEMATCH_GPU_MEMORY_GB"] = f"{args.gpu_memory_gb:g}"
     import torch
 
-    from matcher.io import device as devices
     from matcher import presets
+    from matcher.io import device as devices
 
     device = devices.pick(args.device)
     on_gpu = device.startswith("cuda")

@@ -1,7 +1,7 @@
 """Scaling of pair verification on the Ray backend, against the local backend, and the projection of a catalogue
 audit onto clusters.
 
-    python benchmarks/ray_scaling.py [--images data/dev] [--cache-dir submission/cache] [--preset disk-mnn]
+    python -m benchmarks.ray_scaling [--images data/dev] [--cache-dir submission/cache] [--preset disk-mnn]
         [--n-images 64] [--clusters 1x2,1x1,2x1,3x1] [--local-workers 1,2]
         [--catalogue ../shared/belugas/metadata.csv] [--project-photos 30000] [--project-nodes 1,8,32]
         [--node-cpus 6] [--node-gpus 1] [--gpu-images-per-s 20] [--json benchmarks/results/ray_scaling.json]
@@ -42,10 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks import ray_harness  # noqa: F401, I001 - before ray: every node on 127.0.0.1
 
-import ray_harness  # noqa: E402,F401  (before ray: every node on 127.0.0.1)
+REPO = Path(__file__).resolve().parents[1]
 
 
 def pick_images(source: Path, n: int, tmp: Path) -> dict[str, Path]:

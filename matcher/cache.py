@@ -8,8 +8,9 @@ One cache folder holds everything a run computes::
 
 A key is ``<name>-<12 hex>``, the digest of the stage settings (the presets) together with
 what made the entry: the versions of torch, kornia and OpenCV, the SHA-256 of the weight
-files the settings load and the image decoder's limits. Any change to one of them gives new keys, so an upgrade recomputes
-and never silently reuses old features or verdicts. ``ROOT=None`` keeps everything in memory.
+files the settings load and the image decoder's limits. Any change to one of them gives new
+keys, so an upgrade recomputes and never silently reuses old features or verdicts.
+``ROOT=None`` keeps everything in memory.
 """
 
 from __future__ import annotations

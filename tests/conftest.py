@@ -23,7 +23,8 @@ def run_main(data_dir: Path, output: Path, cache: Path, *extra: str, preset: str
 
 
 def load_main():
-    """``main.py`` as a module, to call ``main.main(argv)`` in this process (no new interpreter, torch imported once)."""
+    """``main.py`` as a module, to call ``main.main(argv)`` in this process (torch imported once, no new
+    interpreter)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("whalematch_main", REPO / "main.py")

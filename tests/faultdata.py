@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
-
 from conftest import textured_image, warp_affine
+from PIL import Image
 
 FIELDS = ["image_id", "path", "height", "width", "viewpoint", "date"]
 

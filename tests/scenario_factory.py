@@ -7,7 +7,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pandas as pd
-
 from conftest import textured_image, warp_affine
 
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_main
+from scenario_factory import loo_and_split
 
 from matcher.cascade.budget import largest_k, plan_cascade
 from matcher.challenge import submission
 from matcher.timing import Deadline, Rate
-
-from conftest import run_main
-from scenario_factory import loo_and_split
 
 N_QUERIES, DB = 400, 300  # a workload of 400 queries against databases of 300 images
 

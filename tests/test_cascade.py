@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from scenario_factory import loo_and_split, write_layout
 
 from matcher import presets
 from matcher.cascade import CascadeSettings, codebook, stages
@@ -18,8 +19,6 @@ from matcher.errors import WeightsError
 from matcher.features import extractors as features
 from matcher.io import images
 from matcher.timing import Deadline
-
-from scenario_factory import loo_and_split, write_layout
 
 PRESET = "sift-mnn"
 
@@ -122,7 +121,7 @@ def test_stages_narrow_and_final_order_follows_the_stages(whales, tmp_path, with
     res = eng.run(layout.load(root), CascadeSettings(k1=10, k2=4))
     assert res.plan.k1 == 10 and res.plan.k2 == 4
     assert res.bands == (True, True)
-    for qid, q in res.queries.items():
+    for _qid, q in res.queries.items():
         assert q.done1 == 10 and q.done2 == 4
         final = res.final_ranking(q, 10, 4)
         ids = [d for d, _ in final]
@@ -147,7 +146,7 @@ def test_no_stage_proposes_the_query_image(whales, tmp_path, with_stage0):
     eng = engine(tmp_path, global_descriptor=with_stage0)
     challenge = layout.load(root)
     res = eng.run(challenge, CascadeSettings(k1=8, k2=5))
-    for qid, q in res.queries.items():
+    for _qid, q in res.queries.items():
         assert q.query_image not in q.candidates
         for positions in (q.order0, q.order1):
             assert q.query_image not in {q.candidates[q.usable[p]] for p in positions}

@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import textured_image, warp_affine
 
 from matcher.curation import drawing
 from matcher.curation.audit import plan_audit
@@ -17,8 +18,6 @@ from matcher.curation.curator import Curator, PairTask, mirror_side
 from matcher.engine import Engine
 from matcher.features.stage import mirror_key
 from matcher.io.catalogue import Photo, comparable, load_catalogue, read_photos
-
-from conftest import textured_image, warp_affine
 
 PRESET = "sift-mnn"  # needs no weights and runs fast on a CPU
 

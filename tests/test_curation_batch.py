@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-
 from scenario_factory import make_whales, write_image
 
 from matcher.curation.cli import main

@@ -8,13 +8,12 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, textured_image, warp_affine
+from test_curation import PRESET, save_rgb
 
 from matcher import presets
 from matcher.curation import calibration as calib
 from matcher.curation.cli import main
-
-from conftest import REPO, textured_image, warp_affine
-from test_curation import PRESET, save_rgb
 
 BUNDLED = REPO / "weights" / "calibration-disk-mnn.json"
 

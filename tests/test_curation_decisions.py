@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from test_curation import PRESET, save_rgb, write_catalogue
 
 from matcher.curation import decisions
 from matcher.curation.cli import main
@@ -17,8 +18,6 @@ from matcher.curation.curator import Curator, pair_task
 from matcher.curation.review_page import EXPORT_COLUMNS
 from matcher.engine import Engine
 from matcher.io.catalogue import read_photos
-
-from test_curation import PRESET, save_rgb, write_catalogue
 
 SIZES = {"whaleA": 3, "whaleB": 2, "whaleC": 2, "whaleD": 2, "whaleE": 1}
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import textured_image, warp_affine
+from test_curation import PRESET, save_rgb, write_catalogue
 
 from matcher.curation import calibration as calib
 from matcher.curation import priors
@@ -19,9 +21,6 @@ from matcher.curation.cli import main
 from matcher.curation.curator import Curator, PairTask, verdict_label
 from matcher.engine import Engine
 from matcher.io.catalogue import Photo
-
-from conftest import textured_image, warp_affine
-from test_curation import PRESET, save_rgb, write_catalogue
 
 SAME_WORDS = ("same whale", "probably same whale")
 SHARED = textured_image(999)  # the patch every whale shows

@@ -84,6 +84,7 @@ def test_search_prior_on_real_photos_reports_wrong_whales_labelled_same(belugas,
     import time
 
     import numpy as np
+    from conftest import REPO
 
     from matcher import cache, presets
     from matcher.curation import calibration as calib
@@ -91,8 +92,6 @@ def test_search_prior_on_real_photos_reports_wrong_whales_labelled_same(belugas,
     from matcher.curation.curator import Curator
     from matcher.engine import Engine
     from matcher.io.catalogue import Photo
-
-    from conftest import REPO
 
     t0 = time.perf_counter()
     conf = presets.resolve("disk-mnn")

@@ -7,12 +7,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import textured_image, warp_affine
+from test_curation import PRESET, save_rgb
 
 from matcher.curation import report
 from matcher.curation.cli import main
-
-from conftest import textured_image, warp_affine
-from test_curation import PRESET, save_rgb
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",

@@ -17,14 +17,13 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import textured_image, warp_affine
+from test_curation import PRESET, save_rgb, write_catalogue
+from test_curation_report import CHROMIUM_FLAGS, chromium
 
 from matcher.curation import report
 from matcher.curation.cli import main
 from matcher.curation.review_page import EXPORT_COLUMNS, Review
-
-from conftest import textured_image, warp_affine
-from test_curation import PRESET, save_rgb, write_catalogue
-from test_curation_report import CHROMIUM_FLAGS, chromium
 
 
 def artefacts(tmp_path: Path, name: str) -> Path:

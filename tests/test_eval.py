@@ -1,16 +1,11 @@
-"""benchmarks/eval.py: the per-type table it prints (pure parts; the engine run is main.py's)."""
+"""benchmarks/accuracy.py: the per-type table it prints (pure parts; the engine run is main.py's)."""
 
 from __future__ import annotations
-
-import sys
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO / "benchmarks"))
-import eval as benchmark  # noqa: E402
+from benchmarks import accuracy as benchmark
 
 
 def test_score_by_type_means_over_queries_and_overall():

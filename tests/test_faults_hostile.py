@@ -16,15 +16,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import REPO, load_main
+from faultdata import clean_folder, encode
 
 from matcher.curation.cli import main as whalematch
 from matcher.errors import DataError
 from matcher.io import paths, tables, weights
 from matcher.pairs import lightgbm_text
 from matcher.pairs.model import PairModel, content_sha256
-
-from conftest import REPO, load_main, textured_image
-from faultdata import FIELDS, clean_folder, encode, meta_row, write_csv, write_scenarios
 
 PRESET = "sift-mnn"  # no weights, fast
 LONG = "d" * 300  # one path component longer than any file system allows (255 bytes)

@@ -11,27 +11,37 @@ import subprocess
 import sys
 from pathlib import Path
 
+import conftest
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import textured_image
+from faultdata import (
+    FIELDS,
+    bad_folder,
+    clean_folder,
+    encode,
+    huge_jpeg,
+    meta_row,
+    patch_jpeg_size,
+    png_header_only,
+    whale_views,
+    write_csv,
+    write_scenarios,
+)
 from PIL import Image
 
 from matcher import presets
 from matcher.challenge import layout, submission
-from matcher.features import extractors as features
-from matcher.features.store import feature_store
-from matcher.io import images, paths, tables
-from matcher.errors import DataError, ImageError
-from matcher.pairs.store import VerdictStore
-from matcher.pairs.verifier import PairVerifier
 from matcher.challenge.run import rank_scenarios
 from matcher.engine import Engine
-
-import conftest
-from conftest import textured_image
-from faultdata import (FIELDS, bad_folder, clean_folder, encode, huge_jpeg, meta_row, patch_jpeg_size,
-                       png_header_only, whale_views, write_csv, write_scenarios)
+from matcher.errors import DataError, ImageError
+from matcher.features import extractors as features
+from matcher.features.store import feature_store
+from matcher.io import images, paths
+from matcher.pairs.store import VerdictStore
+from matcher.pairs.verifier import PairVerifier
 
 PRESET = "sift-mnn"
 ENV = {**os.environ, "WHALEMATCH_TIME_BUDGET": "none", "WHALEMATCH_STAGE2": "none"}
@@ -146,7 +156,7 @@ def test_paths_outside_the_data_folder_are_refused_and_never_opened(tmp_path, mo
     assert any(p.endswith("inside.jpg") for p in opened)  # the hook does see the files that are read
     submission.validate(sub, expected)
     assert len(sub) == len(escapes) and (sub["score"] == 0).all()
-    for image_id, path in escapes.items():
+    for image_id, _path in escapes.items():
         with pytest.raises(DataError, match=r"metadata\.csv: path .* (points outside|is absolute)"):
             challenge.image_path(image_id)
     assert challenge.image_path("inside") == (root / "images" / "inside.jpg").absolute()

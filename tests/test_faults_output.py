@@ -14,16 +14,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import textured_image, warp_affine
 
 from matcher import presets
 from matcher.challenge import submission
+from matcher.errors import WeightsError
 from matcher.features import extractors as features
 from matcher.io import weights
-from matcher.errors import WeightsError
 from matcher.pairs.store import VerdictStore
 from matcher.pairs.verifier import PairVerifier
-
-from conftest import textured_image, warp_affine
 
 # ---------------------------------------------------------------- submission validation
 

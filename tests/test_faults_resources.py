@@ -13,16 +13,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_main, run_main
+from faultdata import clean_folder
 
 from matcher import presets
 from matcher.challenge import layout, submission
-from matcher.features import extractors as features
-from matcher.io import array_store, atomic, device
 from matcher.challenge.run import rank_scenarios
 from matcher.engine import Engine
-
-from conftest import load_main, run_main
-from faultdata import clean_folder
+from matcher.features import extractors as features
+from matcher.io import array_store, atomic, device
 
 PRESET = "sift-mnn"
 ENV = {**os.environ, "WHALEMATCH_TIME_BUDGET": "none", "WHALEMATCH_STAGE2": "none"}

@@ -5,20 +5,17 @@ do, and stage 0 ``learned-disk`` runs on real photos (skipped, with the reason, 
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
 from matcher import presets
-from matcher.io import weights
-from matcher.features.global_head import GlobalHead, build_head, keypoint_inputs, pad_batch, similarity
 from matcher.errors import WeightsError
+from matcher.features.global_head import GlobalHead, build_head, keypoint_inputs, pad_batch, similarity
+from matcher.io import weights
 
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 DIM = 16
 TINY = {"dim": DIM, "clusters": 4, "out": 16}
@@ -60,7 +57,7 @@ def random_head(conf: dict, seed: int = 0) -> GlobalHead:
 
 
 def test_tiny_head_learns_to_separate_identities():
-    import head_training
+    from training import head_training
 
     whales, background, rng = synthetic_catalogue(4, 16, seed=3)
     feats, labels = [], []
@@ -183,8 +180,8 @@ def test_flip_stage0_averages_each_image_with_its_mirror(tmp_path, monkeypatch):
     """``learned-disk-flip``: each image's embedding is the normalised mean of its own and its mirror's (whose
     features the stage extracts and caches), kept apart from the plain head's cache."""
     import cv2
-
     from conftest import textured_image
+
     from matcher.cascade.global_descriptors import GlobalStage
     from matcher.engine import Engine
     from matcher.features.global_head import flip_average

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import textured_image, warp_affine
+
+from matcher.errors import WeightsError
 from matcher.io import weights
 from matcher.pairs import loftr
-from matcher.errors import WeightsError
 
 torch = pytest.importorskip("torch")
 

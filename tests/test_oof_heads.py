@@ -1,18 +1,13 @@
-"""Heads trained without chosen whales (benchmarks/oof_heads.py) and the pair model's cross-fitted head vote
+"""Heads trained without chosen whales (training/oof_heads.py) and the pair model's cross-fitted head vote
 (train_verifier.crossfit_head_similarity): which head scores which pair, and a head kept and reused by key."""
 
 from __future__ import annotations
-
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO
-
 torch = pytest.importorskip("torch")
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def unit(v) -> np.ndarray:
@@ -22,7 +17,7 @@ def unit(v) -> np.ndarray:
 
 def test_crossfit_uses_the_heads_that_never_saw_the_pair_together():
     pytest.importorskip("lightgbm")
-    from train_verifier import crossfit_head_similarity
+    from training.train_verifier import crossfit_head_similarity
 
     fold_of = {"w1": 0, "w2": 0, "w3": 1}
     x, y = unit([1, 0]), unit([0, 1])
@@ -36,7 +31,7 @@ def test_crossfit_uses_the_heads_that_never_saw_the_pair_together():
 
 
 def test_a_head_without_chosen_whales_is_trained_once_and_reused(tmp_path):
-    import oof_heads
+    from training import oof_heads
 
     rng = np.random.default_rng(0)
     inputs = {f"p{i}": rng.standard_normal((20, 131)).astype(np.float16) for i in range(12)}
@@ -59,7 +54,7 @@ def test_a_head_without_chosen_whales_is_trained_once_and_reused(tmp_path):
 
 
 def test_encounter_batches_pair_two_encounters_against_the_same_days_other_whales():
-    from head_training import encounter_batches
+    from training.head_training import encounter_batches
 
     labels = ["A", "A", "A", "B", "B", "C", "D", "E"]
     encounters = ["a1", "a1", "a2", "b1", "b2", "c1", "d1", "e1"]

@@ -7,14 +7,20 @@ import math
 
 import numpy as np
 import pytest
-
 from conftest import textured_image, warp_affine
+
 from matcher import presets
 from matcher.errors import WeightsError
 from matcher.features import extractors, white_fill
 from matcher.pairs import evidence, mnn, ransac
-from matcher.pairs.model import (PairModel, feature_names, feature_row, head_similarity, metadata_features,
-                                  photo_fingerprints)
+from matcher.pairs.model import (
+    PairModel,
+    feature_names,
+    feature_row,
+    head_similarity,
+    metadata_features,
+    photo_fingerprints,
+)
 
 PRESET = "sift-mnn"
 

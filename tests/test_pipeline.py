@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import run_main
+from scenario_factory import loo_and_split, write_layout
 
 from matcher.challenge import layout
 from matcher.challenge.run import rank_scenarios
 from matcher.engine import Engine
-
-from conftest import run_main
-from scenario_factory import loo_and_split, write_layout
 
 PRESET = "sift-mnn"  # needs no weights and is fast; the DISK path is covered in test_verification/test_real_photos
 

@@ -24,8 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import ray_harness as H  # noqa: E402 - before ray: every node on the loopback address
+from benchmarks import ray_harness as H  # noqa: I001 - before ray: every node on the loopback address
 
 ray = pytest.importorskip("ray", reason="the Ray backend's tests need ray: pip install 'whalematch[ray]'")
 
@@ -36,8 +35,8 @@ from scenario_factory import make_whales, write_image  # noqa: E402
 from matcher.backends.ray_backend import RayBackend  # noqa: E402
 from matcher.curation.cli import main as whalematch  # noqa: E402
 from matcher.engine import Engine  # noqa: E402
-from matcher.features.stage import mirror_key  # noqa: E402
 from matcher.errors import BackendError  # noqa: E402
+from matcher.features.stage import mirror_key  # noqa: E402
 from matcher.synthetic import warp_affine  # noqa: E402
 
 PRESET = "sift-mnn"

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, textured_image, warp_affine
 from scenario_factory import loo_and_split, write_image
 

@@ -6,13 +6,12 @@ import shutil
 
 import numpy as np
 import pandas as pd
+from scenario_factory import write_layout
 
 from matcher.challenge import layout
 from matcher.challenge.metric import mean_average_precision
 from matcher.challenge.run import rank_scenarios
 from matcher.engine import Engine
-
-from scenario_factory import write_layout
 
 
 def test_small_real_scenario_scores_well_above_random(belugas, tmp_path):

@@ -7,16 +7,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from matcher.errors import DataError
 from matcher.challenge.scenarios import (
     SCENARIO_TYPES,
     SPECS,
     build_scenarios,
     dev_set_size,
-    read_labelled_catalogue,
     main,
     make_dev_set,
+    read_labelled_catalogue,
 )
+from matcher.errors import DataError
 
 LOO_TYPES = {t for t, s in SPECS.items() if s.leave_one_out}
 CROSS_YEAR = ("top_2018_to_2017", "top_2019_to_2017", "top_2019_to_2018")

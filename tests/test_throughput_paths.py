@@ -13,21 +13,19 @@ import itertools
 import cv2
 import numpy as np
 import pytest
+from conftest import textured_image, warp_affine
 
-from matcher.io import device as devices
 from matcher import presets
-from matcher.features import extractors as features
-from matcher.io import images
-from matcher.io import weights
-from matcher.pairs import lightglue
-from matcher.pairs import mnn as matching
 from matcher.errors import WeightsError
+from matcher.features import extractors as features
 from matcher.features.stage import FeatureStage
 from matcher.features.store import feature_store
+from matcher.io import device as devices
+from matcher.io import images, weights
+from matcher.pairs import lightglue
+from matcher.pairs import mnn as matching
 from matcher.pairs.store import VerdictStore, canonical
 from matcher.pairs.verifier import PairVerifier
-
-from conftest import textured_image, warp_affine
 
 
 def _write_images(folder, n_bases: int) -> dict[str, object]:

@@ -6,21 +6,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 
 import pandas as pd
 import pytest
-
-from conftest import REPO, run_main
+from conftest import run_main
 from scenario_factory import make_whales, write_layout
 
 pytest.importorskip("lightgbm")
 pytest.importorskip("sklearn")
-sys.path.insert(0, str(REPO / "benchmarks"))
 
 
 def test_training_benchmark_on_generated_whales(tmp_path, capsys):
-    import train_verifier
+    from training import train_verifier
 
     dev = tmp_path / "dev"
     meta = make_whales(dev, n_whales=16, per_whale=3, seed=21)  # a catalogue of 16 whales; scenarios use 10

@@ -5,16 +5,14 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
+from conftest import textured_image, warp_affine
 
 from matcher import presets
 from matcher.features import extractors as features
-from matcher.pairs.store import canonical
-from matcher.pairs.verifier import PairVerifier
-from matcher.pairs.store import VerdictStore
-from matcher.pairs.ransac import verify
 from matcher.pairs.mnn import mutual_nn
-
-from conftest import textured_image, warp_affine
+from matcher.pairs.ransac import verify
+from matcher.pairs.store import VerdictStore, canonical
+from matcher.pairs.verifier import PairVerifier
 
 
 def _verify_pair(preset: str, img0, img1) -> dict:

@@ -247,7 +247,7 @@ class RayBackend:
         new = [n for n in alive if n["NodeID"] not in self._nodes and n["Resources"].get("CPU", 0) >= 1]
         if new:
             joined = self._probe(new, min(self.wait_s, CONNECT_TIMEOUT_S))
-            for i, node in joined.items():
+            for _i, node in joined.items():
                 log.info("%s joined the Ray cluster: %g CPUs, %g GPUs", node.name, node.cpus, node.gpus)
             self._nodes.update(joined)
 

@@ -2,7 +2,7 @@
 
 The file (under ``weights/``) holds float16 centroids in base64 with their own SHA-256
 and the settings that built it; ``make codebook`` rebuilds it from the images of the
-development scenarios (no labels) with ``benchmarks/build_codebook.py``.
+development scenarios (no labels) with ``training/build_codebook.py``.
 """
 
 from __future__ import annotations

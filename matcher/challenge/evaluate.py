@@ -12,6 +12,7 @@ and scenario_types.csv, when present, adds each scenario's type.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,6 +85,35 @@ def score_frames(submission: pd.DataFrame, labels: pd.DataFrame, queries: pd.Dat
         rows.append(_row(scenario, scenario_type, ap[ids], top1[ids]))
     rows.append(_row("overall", "", ap, top1))
     return pd.DataFrame(rows)
+
+
+def score_by_type(sub: pd.DataFrame, labels: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
+    """Rows per scenario type (types in first-seen scenario order) and an ``overall`` row: queries, mAP@20, top-1."""
+    _, ap = mean_average_precision(sub, labels)
+    _, top1 = top1_accuracy(sub, labels)
+    q = queries.set_index("query_id")
+    q = q.loc[q.index.intersection(ap.index)]
+    q["type"] = q["scenario_type"].where(q["scenario_type"] != "", q["scenario"])
+    order = q.sort_values("scenario")["type"].drop_duplicates().tolist()
+    rows = []
+    for t in order:
+        ids = q.index[q["type"] == t]
+        rows.append({"type": t, "queries": len(ids), "map20": ap[ids].mean(), "top1": top1[ids].mean()})
+    rows.append({"type": "overall", "queries": len(ap), "map20": ap.mean(), "top1": top1.mean()})
+    return pd.DataFrame(rows)
+
+
+def subset_dir(root: Path, keep: set[str], tmp: Path) -> Path:
+    """A data folder holding only the scenarios in ``keep`` (links to the rest of ``root``)."""
+    for name in os.listdir(root):
+        if name not in ("query_scenarios.csv", "scenario_types.csv"):
+            (tmp / name).symlink_to((root / name).resolve())
+    index = pd.read_csv(root / "query_scenarios.csv", dtype=str, keep_default_na=False)
+    index[index["scenario_id"].isin(keep)].to_csv(tmp / "query_scenarios.csv", index=False)
+    if (root / "scenario_types.csv").is_file():
+        types = pd.read_csv(root / "scenario_types.csv", dtype=str, keep_default_na=False)
+        types[types["scenario_id"].isin(keep)].to_csv(tmp / "scenario_types.csv", index=False)
+    return tmp
 
 
 def score_submission(

@@ -79,7 +79,7 @@ def plan_audit(photos: list[Photo], scope: str = "all", limit: int | None = None
     if limit is None or limit >= total or limit >= 2_000_000 or 3 * limit >= total:
         seen = set()
         cross = []
-        for k, ps in sorted(buckets.items()):
+        for _k, ps in sorted(buckets.items()):
             for a, b in combinations(sorted(ps, key=lambda p: p.id), 2):
                 if a.whale_id != b.whale_id and (a.id, b.id) not in seen:
                     seen.add((a.id, b.id))

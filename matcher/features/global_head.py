@@ -4,7 +4,7 @@ The frozen pretrained backbone is DISK itself (the engine's cached features): ea
 descriptor, its place on the body (along and across the photo's long axis) and its detection score go
 through a learned mixing layer, NetVLAD pooling (Arandjelovic et al., CVPR 2016) and a projection to a
 unit vector. Trained with a sub-center ArcFace loss (Deng et al., ECCV 2020) on the whales of the
-labelled catalogue (``benchmarks/train_global.py``, ``make train-global``); shipped as a state dict loaded
+labelled catalogue (``training/train_global.py``, ``make train-global``); shipped as a state dict loaded
 with ``torch.load(weights_only=True)`` (no pickled code runs) beside a JSON of its settings and figures.
 
 Embeddings are computed per image (one image at a time, so one never depends on another) and kept as

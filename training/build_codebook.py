@@ -1,6 +1,6 @@
 """Fit the stage-0 codebook on the DISK features of the images of a scenario folder (images only, no labels).
 
-    python benchmarks/build_codebook.py --data-dir data/dev --cache-dir submission/cache \
+    python -m training.build_codebook --data-dir data/dev --cache-dir submission/cache \
         --out weights/codebook-disk-k1024-v1.json [--k 1024 --per-image 256 --iters 20 --seed 0 --version 1]
 
 ``make codebook`` runs it with the settings of the shipped file. The features come from the
@@ -14,14 +14,13 @@ import logging
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from matcher import config, presets
+from matcher.cascade.codebook import build_codebook_from_features
+from matcher.challenge import layout
+from matcher.engine import Engine
+from matcher.errors import WhaleMatchError
 
-from matcher import config, presets  # noqa: E402
-from matcher.cascade.codebook import build_codebook_from_features  # noqa: E402
-from matcher.challenge import layout  # noqa: E402
-from matcher.engine import Engine  # noqa: E402
-from matcher.errors import WhaleMatchError  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("build_codebook")
 

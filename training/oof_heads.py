@@ -13,7 +13,7 @@ Each head is kept under ``<cache>/oof-heads/<key>.pt`` (with its ``.json``) and 
 catalogue photo in ``<key>.npz``; the key hashes the training photos (id, content hash, whale), the head's
 settings and the seed, so a head is trained once and reused by every later run.
 
-    python benchmarks/oof_heads.py --catalogue ../shared/belugas --cache-dir submission/cache \
+    python -m training.oof_heads --catalogue ../shared/belugas --cache-dir submission/cache \
         --dev data/dev [--shard 0/2]
 
 trains the missing heads (``--shard k/n``: every n-th from the k-th, for n processes side by side).
@@ -31,14 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
+from matcher import config, presets
+from matcher.features.global_head import keypoint_inputs
+from training.head_training import CONF, add_cross_options, embed_all, train_head, train_settings
 
-from matcher import config, presets  # noqa: E402
-from matcher.features.global_head import keypoint_inputs  # noqa: E402
-from head_training import CONF, add_cross_options, embed_all, train_head, train_settings  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("oof_heads")
 
@@ -86,7 +83,7 @@ def head_key(photos: Photos, excluded: set[str], seed: int, train: dict) -> str:
 
 def exclusions(photos: Photos, dev: Path | None, folds: int, seed: int) -> dict[str, set[str]]:
     """The heads wanted: ``fold<k>`` (without fold k's whales) and ``<scenario id>`` (without its whales)."""
-    from whale_folds import whale_folds
+    from training.whale_folds import whale_folds
 
     fold_of = whale_folds(list(photos.whale.values()), folds, seed)
     out = {f"fold{f}": {w for w, k in fold_of.items() if k == f} for f in range(folds)}

@@ -1,6 +1,6 @@
 """Train the learned global descriptor head, measure it out of fold (folds split by whale), and ship it.
 
-    python benchmarks/train_global.py --catalogue ../shared/belugas --cache-dir submission/cache \
+    python -m training.train_global --catalogue ../shared/belugas --cache-dir submission/cache \
         --dev data/dev --labels data/dev_labels.csv --out weights/global-head-disk-v1.pt [--seed 0]
 
 1. Every photo of the catalogue is prepared by the engine (DISK features cached; nothing is extracted
@@ -37,17 +37,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
+from matcher import config, presets
+from matcher.features.global_head import keypoint_inputs
+from matcher.features.global_head import similarity as cosine
+from training import oof_heads
+from training.head_training import CONF, TRAIN, add_cross_options, embed_all, train_head, train_settings
+from training.whale_folds import whale_folds
 
-from matcher import config, presets  # noqa: E402
-import oof_heads  # noqa: E402
-from head_training import CONF, TRAIN, add_cross_options, embed_all, train_head, train_settings  # noqa: E402
-from matcher.features.global_head import keypoint_inputs  # noqa: E402
-from matcher.features.global_head import similarity as cosine  # noqa: E402
-from whale_folds import whale_folds  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("train_global")
 KS = [10, 20, 40, 80]
@@ -404,7 +401,7 @@ def main(argv=None) -> int:
         "costs": {"embed_ms_per_image": round(ms_embed, 2), "descriptor_bytes": int(head.conf["out"]),
                   "threads": torch.get_num_threads()},
         "date": dt.date.today().isoformat(),
-        "command": "python benchmarks/train_global.py " + shlex.join(rebuild_args(argv if argv is not None
+        "command": "python -m training.train_global " + shlex.join(rebuild_args(argv if argv is not None
                                                                                  else sys.argv[1:])),
         "rebuild": "make train-global",
     })

@@ -1,6 +1,6 @@
 """Train the learned pair model, measure it out of fold (folds split by whale), and ship it.
 
-    python benchmarks/train_verifier.py --catalogue ../shared/belugas --cache-dir submission/cache \
+    python -m training.train_verifier --catalogue ../shared/belugas --cache-dir submission/cache \
         --dev data/dev --labels data/dev_labels.csv --out weights/pair-model-disk-mnn.json [--seed 0]
 
 1. Every photo of the catalogue is prepared by the engine (features cached) and the sampled pairs
@@ -36,23 +36,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(HERE))
+import main as entrypoint
+from matcher import config, presets
+from matcher.challenge import layout
+from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries, score_by_type, subset_dir
+from matcher.engine import Engine
+from matcher.io.catalogue import read_photos
+from matcher.io.tables import read_csv
+from matcher.pairs.model import METADATA_FEATURES, PairModel, feature_names, photo_fingerprints
+from training import pair_dataset
+from training.head_training import add_cross_options
+from training.whale_folds import whale_folds
 
-import eval as evaluation  # noqa: E402
-import main as entrypoint  # noqa: E402
-import pair_dataset  # noqa: E402
-from head_training import add_cross_options  # noqa: E402
-from whale_folds import whale_folds  # noqa: E402
-from matcher import config, presets  # noqa: E402
-from matcher.challenge import layout  # noqa: E402
-from matcher.challenge.evaluate import LABEL_COLUMNS, scenario_of_queries  # noqa: E402
-from matcher.engine import Engine  # noqa: E402
-from matcher.io.catalogue import read_photos  # noqa: E402
-from matcher.io.tables import read_csv  # noqa: E402
-from matcher.pairs.model import METADATA_FEATURES, PairModel, feature_names, photo_fingerprints  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("train_verifier")
 PARAMS = {"objective": "binary", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 40,
@@ -132,7 +128,7 @@ def rank_scenario(root: Path, sid: str, tmp: Path, cache: Path, preset: str, ext
     """main.py's submission for one scenario (its own data folder), with the learned score when ``model``."""
     folder = tmp / f"{sid}-{abs(hash((str(model), tuple(extra), no_metadata)))}"
     folder.mkdir()
-    evaluation.subset_dir(root, {sid}, folder)
+    subset_dir(root, {sid}, folder)
     if no_metadata:
         (folder / "metadata.csv").unlink()
         strip_metadata(root, folder)
@@ -171,8 +167,8 @@ def head_features(table: pd.DataFrame, args) -> tuple[pd.DataFrame, dict[str, Pa
     """The table with its cross-fitted ``head_similarity`` (:func:`crossfit_head_similarity`), and the head
     trained without each development scenario's whales, by scenario id (``oof_heads.py``; trained now where
     its cache lacks it)."""
-    import oof_heads
-    from head_training import train_settings
+    from training import oof_heads
+    from training.head_training import train_settings
 
     photos = oof_heads.load_photos(args.catalogue, args.cache_dir)
     wanted = oof_heads.exclusions(photos, args.dev, 5, args.seed)
@@ -264,7 +260,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir())
     p.add_argument("--preset", default=presets.DEFAULT_PIPELINE, choices=sorted(presets.PIPELINES))
     p.add_argument("--set", action="append", default=[], metavar="STAGE.KEY=VALUE",
-                   help="train for the preset with this setting changed (see benchmarks/eval.py)")
+                   help="train for the preset with this setting changed (see benchmarks/accuracy.py)")
     p.add_argument("--dev", type=Path, default=REPO / "data" / "dev")
     p.add_argument("--labels", type=Path, default=REPO / "data" / "dev_labels.csv")
     p.add_argument("--out", type=Path, default=None, help="where to write the shipped model (default: nowhere)")
@@ -320,7 +316,7 @@ def main(argv=None) -> int:
         queries = scenario_of_queries(labels, args.dev)
         with tempfile.TemporaryDirectory(prefix="whalematch-oof-") as tmp:
             subs = scenario_oof(table, photos, args, preset, Path(tmp), heads)
-        ranking = {name: evaluation.score_by_type(sub, labels, queries) for name, sub in subs.items()}
+        ranking = {name: score_by_type(sub, labels, queries) for name, sub in subs.items()}
         if args.submissions:
             args.submissions.mkdir(parents=True, exist_ok=True)
             for name, sub in subs.items():
@@ -351,9 +347,9 @@ def main(argv=None) -> int:
         "calibration": cal.to_json(),
         **({"head": {**head_info(shipped_head()), "file": shipped_head().name,
                      "training_values": "cross-fitted: each pair's head similarity by fold heads that never saw its "
-                                        "whales together (benchmarks/oof_heads.py)"}} if args.head else {}),
+                                        "whales together (training/oof_heads.py)"}} if args.head else {}),
         "date": dt.date.today().isoformat(),
-        "command": "python benchmarks/train_verifier.py " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m training.train_verifier " + shlex.join(argv if argv is not None else sys.argv[1:]),
     }
     if args.out:
         model.save(args.out)

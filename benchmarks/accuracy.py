@@ -1,6 +1,6 @@
 """Accuracy benchmark: run the engine on the development scenarios and score it per scenario type.
 
-    python benchmarks/eval.py [--preset disk-mnn] [--data-dir data/dev] [--labels data/dev_labels.csv]
+    python -m benchmarks.accuracy [--preset disk-mnn] [--data-dir data/dev] [--labels data/dev_labels.csv]
                               [--cache-dir DIR] [--score strength|inliers|inlier-ratio]
                               [--set STAGE.KEY=VALUE ...] [--offline-rerank] [--output FILE]
                               [--append benchmarks/RESULTS.md --label TEXT]
@@ -45,21 +45,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import main as entrypoint
+from matcher import config, presets
+from matcher.cascade import rerank as reranking
+from matcher.cascade.ranking import rank_by_score
+from matcher.challenge import layout, submission
+from matcher.challenge.evaluate import LABEL_COLUMNS, read_submission, scenario_of_queries, score_by_type, subset_dir
+from matcher.challenge.submission import SUBMISSION_COLUMNS
+from matcher.engine import Engine, canonical
+from matcher.errors import WhaleMatchError
+from matcher.io.tables import read_csv
+from matcher.pairs.ransac import score_from_strength
 
-import main as entrypoint  # noqa: E402
-from matcher import config, presets  # noqa: E402
-from matcher.cascade import rerank as reranking  # noqa: E402
-from matcher.cascade.ranking import rank_by_score  # noqa: E402
-from matcher.challenge import layout, submission  # noqa: E402
-from matcher.challenge.evaluate import LABEL_COLUMNS, read_submission, scenario_of_queries  # noqa: E402
-from matcher.challenge.metric import mean_average_precision, top1_accuracy  # noqa: E402
-from matcher.challenge.submission import SUBMISSION_COLUMNS  # noqa: E402
-from matcher.engine import Engine, canonical  # noqa: E402
-from matcher.errors import WhaleMatchError  # noqa: E402
-from matcher.io.tables import read_csv  # noqa: E402
-from matcher.pairs.ransac import score_from_strength  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("eval")
 
@@ -135,22 +133,6 @@ def rank_with_levers(challenge, engine: Engine, score_name: str, rerank_opts: di
 # --- scoring and reporting ---------------------------------------------------------------------------
 
 
-def score_by_type(sub: pd.DataFrame, labels: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
-    """Rows per scenario type (types in first-seen scenario order) and an ``overall`` row: queries, mAP@20, top-1."""
-    _, ap = mean_average_precision(sub, labels)
-    _, top1 = top1_accuracy(sub, labels)
-    q = queries.set_index("query_id")
-    q = q.loc[q.index.intersection(ap.index)]
-    q["type"] = q["scenario_type"].where(q["scenario_type"] != "", q["scenario"])
-    order = q.sort_values("scenario")["type"].drop_duplicates().tolist()
-    rows = []
-    for t in order:
-        ids = q.index[q["type"] == t]
-        rows.append({"type": t, "queries": len(ids), "map20": ap[ids].mean(), "top1": top1[ids].mean()})
-    rows.append({"type": "overall", "queries": len(ap), "map20": ap.mean(), "top1": top1.mean()})
-    return pd.DataFrame(rows)
-
-
 def markdown(table: pd.DataFrame) -> str:
     lines = ["| scenario type | queries | mAP@20 | top-1 |", "|---|---:|---:|---:|"]
     for r in table.itertuples(index=False):
@@ -197,19 +179,6 @@ class _Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.messages.append(record.getMessage())
-
-
-def subset_dir(root: Path, keep: set[str], tmp: Path) -> Path:
-    """A data folder holding only the scenarios in ``keep`` (links to the rest of ``root``)."""
-    for name in os.listdir(root):
-        if name not in ("query_scenarios.csv", "scenario_types.csv"):
-            (tmp / name).symlink_to((root / name).resolve())
-    index = pd.read_csv(root / "query_scenarios.csv", dtype=str, keep_default_na=False)
-    index[index["scenario_id"].isin(keep)].to_csv(tmp / "query_scenarios.csv", index=False)
-    if (root / "scenario_types.csv").is_file():
-        types = pd.read_csv(root / "scenario_types.csv", dtype=str, keep_default_na=False)
-        types[types["scenario_id"].isin(keep)].to_csv(tmp / "scenario_types.csv", index=False)
-    return tmp
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, list[str]]:
