@@ -7,6 +7,8 @@ PY := $(VENV)/bin/python
 CATALOGUE ?= ../shared/belugas
 DEV_DIR ?= data/dev
 LABELS ?= data/dev_labels.csv
+LARGE_DIR ?= data/dev-large
+LARGE_LABELS ?= data/dev-large_labels.csv
 PRESET ?= disk-mnn
 SUB_DIR ?= submission
 RUNTIME := $(SUB_DIR)/code_execution
@@ -36,9 +38,12 @@ test:
 lint:
 	$(PY) -m ruff check .
 
-## data-subset: labelled development scenarios (DEV_DIR, LABELS) from the catalogue at CATALOGUE
+## data-subset: labelled development scenarios from the catalogue at CATALOGUE: the quick set (DEV_DIR, LABELS:
+##              databases of 120 photos, for smoke runs) and the large benchmark at the challenge's scale (LARGE_DIR,
+##              LARGE_LABELS: databases of whole survey days, 215 to 1,485 photos; the figures to quote)
 data-subset:
 	$(PY) -m matcher.challenge.scenarios --catalogue $(CATALOGUE) --out $(DEV_DIR) --labels $(LABELS)
+	$(PY) -m matcher.challenge.survey_scenarios --catalogue $(CATALOGUE) --out $(LARGE_DIR) --labels $(LARGE_LABELS)
 
 ## run: the main job on DEV_DIR, output in SUBMISSION
 run:
