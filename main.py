@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=value("TIME_BUDGET", budget_seconds, DEFAULT_BUDGET_S),
                    help="wall-clock seconds the run may take ('none' for no limit): the cascade's K are planned to "
                         "fit, and a guard stops the expensive stages if the run falls behind ($WHALEMATCH_TIME_BUDGET)")
+    p.add_argument("--ranker", type=Path, default=env("RANKER"),
+                   help="the ranker's file (--pair-score ranker, and auto where it won); default: "
+                        "ranker-PRESET.json in $WHALEMATCH_WEIGHTS_DIR or weights/ ($WHALEMATCH_RANKER)")
     p.add_argument("--k1", type=config.arg_type(optional_int), default=value("K1", optional_int, None),
                    help="stage-0 candidates per query that stage 1 verifies; default: planned from the budget "
                         "($WHALEMATCH_K1)")
@@ -106,6 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=["database", "none"],
                    help="database: also verify the pairs within each scenario's database and re-rank each query's "
                         "candidates with them; none: stage-1 scores only ($WHALEMATCH_RERANK)")
+    p.add_argument("--rerank-top", type=config.arg_type(optional_int), default=value("RERANK_TOP", optional_int, None),
+                   help="with --rerank database: the graph is the pairs among each query's top N stage-1 candidates "
+                        "(auto or 0: every pair of the database) ($WHALEMATCH_RERANK_TOP)")
     globals_ = ["auto", *sorted(presets.GLOBAL_DESCRIPTORS)]
     p.add_argument("--global-descriptor", default=value("GLOBAL_DESCRIPTOR", choice(globals_), "auto"),
                    choices=globals_, help="stage-0 global descriptor ($WHALEMATCH_GLOBAL_DESCRIPTOR)")
@@ -132,14 +138,16 @@ def main(argv=None) -> int:
         log.info("%d scenarios, %d queries, %d images in metadata", len(challenge.scenarios), n_queries,
                  len(challenge.metadata))
         engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
-                        progress=not args.quiet, backend=args.backend, ray_address=args.ray_address)
-        log.info("preset %s on %s (%s); caches in %s; time budget %s", args.preset, engine.device,
-                 engine.backend.label, engine.cache.describe(),
+                        progress=not args.quiet, backend=args.backend, ray_address=args.ray_address,
+                        runtime=args.runtime)
+        log.info("preset %s on %s (%s, network in %s); caches in %s; time budget %s", args.preset, engine.device,
+                 engine.backend.label, engine.runtime, engine.cache.describe(),
                  "none" if args.time_budget is None else f"{args.time_budget:.0f} s")
         settings = CascadeSettings(k1=args.k1, k2=args.k2, k2_max=args.k2_max, budget_s=args.time_budget,
                                    stage2=args.stage2, stage2_mode=args.stage2_mode,
                                    global_descriptor=args.global_descriptor, rerank=args.rerank == "database",
-                                   pair_score=args.pair_score, pair_model=args.pair_model)
+                                   rerank_top=args.rerank_top or None,
+                                   pair_score=args.pair_score, pair_model=args.pair_model, ranker=args.ranker)
         result = run(challenge, engine, settings, deadline, args.plan_nodes)
         sub, expected = submission_rows(challenge, result, settings.stage2_mode), challenge.expected()
         submission.write(sub, args.output, expected)

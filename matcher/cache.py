@@ -5,6 +5,7 @@ One cache folder holds everything a run computes::
     ROOT/features/<feature key>/<sha[:2]>/<sha>.npz    per-image features (matcher.features)
     ROOT/global/<global key>/<sha[:2]>/<sha>.npz       per-image global descriptors (matcher.cascade)
     ROOT/pairs.sqlite                                 pair verdicts, keyed by (sha_a, sha_b, verdict key)
+    ROOT/exports/<export key>.onnx                    a network exported for another runtime (matcher.features)
 
 A key is ``<name>-<12 hex>``, the digest of the stage settings (the presets) together with
 what made the entry: the versions of torch, kornia and OpenCV, the SHA-256 of the weight
@@ -20,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import presets
+from .features import runtimes
 from .io import images, weights
 from .pairs.store import VERDICT_SCHEMA
 
@@ -40,23 +42,25 @@ def software() -> dict[str, str]:
     return versions
 
 
-def provenance(conf: dict) -> dict:
-    """What, besides a resolved pipeline preset's settings, decides its entries: software, weights and how images
-    are decoded (the size limit and the scale large images decode at)."""
-    return {"software": software(), "weights": weights.digest_for(conf), "decoder": images.DECODER}
+def provenance(conf: dict, runtime: str = "torch") -> dict:
+    """What, besides a resolved pipeline preset's settings, decides its entries: software, weights, how images
+    are decoded (the size limit and the scale large images decode at) and where the network ran (a runtime
+    other than PyTorch, the reference, :mod:`matcher.features.runtimes`)."""
+    return {"software": software(), "weights": weights.digest_for(conf), "decoder": images.DECODER,
+            **runtimes.provenance(runtime)}
 
 
-def feature_key(conf: dict) -> str:
+def feature_key(conf: dict, runtime: str = "torch") -> str:
     """Cache key of one extractor's features (``conf``: a resolved pipeline preset)."""
     ex = conf["extractor"]
-    return presets.settings_key(ex["name"], {"settings": ex, **provenance({"extractor": ex})})
+    return presets.settings_key(ex["name"], {"settings": ex, **provenance({"extractor": ex}, runtime)})
 
 
-def verdict_key(conf: dict) -> str:
+def verdict_key(conf: dict, runtime: str = "torch") -> str:
     """Cache key of a pair verdict: the features, the matches and the geometric model."""
     name = "+".join(conf[stage]["name"] for stage in presets.STAGES)
     return presets.settings_key(name, {"settings": presets.verdict_key(conf), "layout": VERDICT_SCHEMA,
-                                       **provenance(conf)})
+                                       **provenance(conf, runtime)})
 
 
 class CacheLayout:
@@ -67,6 +71,10 @@ class CacheLayout:
 
     def features(self, key: str) -> Path | None:
         return self.root / "features" / key if self.root else None
+
+    @property
+    def exports(self) -> Path | None:
+        return self.root / "exports" if self.root else None
 
     def global_descriptors(self, key: str) -> Path | None:
         return self.root / "global" / key if self.root else None

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from . import backends, cache, presets
 from .errors import ImageError
+from .features import runtimes
 from .features.stage import FeatureStage, mirror_key
 from .features.store import feature_store
 from .io import device as devices
@@ -64,18 +65,21 @@ class Engine:
     def __init__(self, preset: str = presets.DEFAULT_PIPELINE, cache_dir: Path | None = None,
                  device: str | None = None, workers: int | None = None, progress: bool = True,
                  batch_size: int | None = None, backend: str = backends.DEFAULT_BACKEND,
-                 ray_address: str | None = None):
+                 ray_address: str | None = None, runtime: str | None = None):
         self.conf = presets.resolve(preset)
         self.device = devices.pick(device)
+        self.runtime = runtimes.resolve(runtime, self.device, self.conf["extractor"]["model"])
         self.progress = progress
         self.workers = devices.cpu_workers(workers)
         self.backend = backends.make(backend, ray_address, self.workers, self.device)
         self.cache = cache.CacheLayout(cache_dir)
-        self.feature_key = cache.feature_key(self.conf)
+        self.feature_key = cache.feature_key(self.conf, self.runtime)
+        extractor = {**self.conf["extractor"], **({"runtime": self.runtime} if self.runtime != "torch" else {})}
         store = feature_store(self.cache.features(self.feature_key),
-                              {**self.conf["extractor"], **cache.provenance({"extractor": self.conf["extractor"]})})
-        self._features = FeatureStage(self.conf["extractor"], self.device, store, progress, batch_size)
+                              {**extractor, **cache.provenance({"extractor": self.conf["extractor"]}, self.runtime)})
+        self._features = FeatureStage(extractor, self.device, store, progress, batch_size)
         self._features.remote = self.backend.remote
+        self._features.export_dir = self.cache.exports
         self._verifiers: dict[str, PairVerifier] = {}
         self._images: OrderedDict[str, np.ndarray] = OrderedDict()
         self.image_paths: dict[str, Path] = {}  # content hash -> file, for what needs the pixels
@@ -219,7 +223,8 @@ class Engine:
             conf = presets.resolve(name)
             if conf["extractor"] != self.conf["extractor"]:
                 raise ValueError(f"preset {name} uses other features than {self.name}")
-            verifier = PairVerifier(conf, self.device, self.verdict_store(cache.verdict_key(conf)), self.workers,
+            verifier = PairVerifier(conf, self.device, self.verdict_store(cache.verdict_key(conf, self.runtime)),
+                                    self.workers,
                                     self.progress)
             verifier.remote = self.backend.remote
             if not verifier.uses_mnn:

@@ -14,6 +14,7 @@ from pathlib import Path
 from . import backends, presets
 from .cascade.scoring import PAIR_SCORES
 from .config import arg_type, default_cache_dir, env, env_value, workers
+from .features import runtimes
 from .io import device
 
 FLAGS = ("0", "1")
@@ -54,8 +55,10 @@ def check_environment() -> None:
 
 def add_engine_options(parser, default_preset: str = presets.DEFAULT_PIPELINE, audit_note: bool = False) -> None:
     """The engine's options on ``parser`` (a parser or an argument group): preset, caches, device, workers, pair
-    score and model, backend, progress and logging; :class:`ConfigError` naming a variable with a bad value."""
+    score and model, backend, progress and logging; :class:`ConfigError` naming a variable with a bad value.
+    ``audit_note``: the options of whalematch, which scores pairs (no ranker: it ranks no query's candidates)."""
     check_environment()
+    scores = [s for s in PAIR_SCORES if s != "ranker"] if audit_note else list(PAIR_SCORES)
     p = parser
     p.add_argument("--preset", default=env_value("PRESET", choice(presets.PIPELINES), default_preset),
                    choices=sorted(presets.PIPELINES), help="pipeline preset ($WHALEMATCH_PRESET)")
@@ -66,14 +69,21 @@ def add_engine_options(parser, default_preset: str = presets.DEFAULT_PIPELINE, a
     p.add_argument("--device", type=arg_type(device.parse_name), default=env_value("DEVICE", device.parse_name, "auto"),
                    help="auto (a CUDA GPU when there is one, else the CPU), cpu, cuda or cuda:N ($WHALEMATCH_DEVICE; "
                         "$WHALEMATCH_GPU_MEMORY_GB caps the GPU memory used, default 12)")
+    p.add_argument("--runtime", type=arg_type(runtimes.parse), default=env_value("RUNTIME", runtimes.parse, "auto"),
+                   help="where the feature network runs: auto (ONNX Runtime for DISK on the CPU when installed, "
+                        "else PyTorch), torch or onnxruntime ($WHALEMATCH_RUNTIME)")
     p.add_argument("--workers", type=arg_type(workers), default=env_value("WORKERS", workers, None),
                    help="CPU verification workers, or auto: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
-    p.add_argument("--pair-score", type=arg_type(choice(PAIR_SCORES)),
-                   default=env_value("PAIR_SCORE", choice(PAIR_SCORES), "auto"), choices=list(PAIR_SCORES),
-                   help="the pair score: learned (the pair model's P(same whale) from the verdict's evidence and the "
-                        "photos' dates and viewpoints), strength (inliers and their similarity), or auto: learned "
-                        "where the preset has a pair model"
-                        + (", except in audit, which judges labels by the image evidence alone" if audit_note else "")
+    p.add_argument("--pair-score", type=arg_type(choice(scores)),
+                   default=env_value("PAIR_SCORE", choice(scores), "auto"), choices=scores,
+                   help="the pair score: strength (inliers and their similarity), learned (the pair model's P(same "
+                        "whale) from the verdict's evidence and the photos' dates and viewpoints), "
+                        + ("ranker (the ranking of a query's verified candidates against each other, main.py only), "
+                           if not audit_note else "")
+                        + "or auto: "
+                        + ("the learned pair model where the preset has one, except in audit, which judges labels "
+                           "by the image evidence alone" if audit_note else
+                           "the ranker for the scenario kinds where it won out of fold, the strength elsewhere")
                         + " ($WHALEMATCH_PAIR_SCORE)")
     p.add_argument("--pair-model", type=Path, default=env("PAIR_MODEL"),
                    help="the pair model's file (an error if it is missing or refused); default: "

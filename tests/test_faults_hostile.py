@@ -21,9 +21,9 @@ from faultdata import clean_folder, encode
 
 from matcher.curation.cli import main as whalematch
 from matcher.errors import DataError
-from matcher.io import paths, tables, weights
-from matcher.pairs import lightgbm_text
-from matcher.pairs.model import PairModel, content_sha256
+from matcher.io import lightgbm_text, paths, tables, weights
+from matcher.io.tree_file import content_sha256
+from matcher.pairs.model import PairModel
 
 PRESET = "sift-mnn"  # no weights, fast
 LONG = "d" * 300  # one path component longer than any file system allows (255 bytes)
@@ -324,7 +324,8 @@ def test_a_malformed_pair_model_is_refused_before_lightgbm_reads_it(toy_model_fi
     env.update(WHALEMATCH_TIME_BUDGET="none", WHALEMATCH_STAGE2="none")
     base = [sys.executable, str(REPO / "main.py"), "--data-dir", str(root), "--output", str(tmp_path / "s.csv"),
             "--preset", PRESET, "--no-cache", "--quiet"]
-    for cmd, extra_env in ((base + ["--pair-model", str(bad)], {}), (base, {"WHALEMATCH_WEIGHTS_DIR": str(tmp_path)})):
+    for cmd, extra_env in ((base + ["--pair-model", str(bad)], {}),
+                           (base + ["--pair-score", "learned"], {"WHALEMATCH_WEIGHTS_DIR": str(tmp_path)})):
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, **extra_env})
         assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
         assert "Traceback" not in res.stderr

@@ -29,7 +29,9 @@ class QueryState:
     done2: int = 0  # prefix of order1 scored by stage 2
     order1: np.ndarray | None = None  # positions into usable, stage-1 order of order0[:k1]
     sha_idx: np.ndarray = None  # per usable candidate: index of its content hash (for database pairs)
+    query_idx: int = -1  # index of the query's content hash (-1: the query image is unusable)
     rr: np.ndarray | None = None  # per usable candidate: re-ranked stage-1 score (NaN: not re-ranked)
+    s1: np.ndarray | None = None  # per usable candidate: the query's own stage-1 score (the ranker's); None: the pair's
 
 
 class PairCodes:
@@ -65,7 +67,7 @@ def build_queries(tasks: list[tuple[str, str, str, list[str]]], shas: dict[str, 
         q.id_rank = np.empty(len(q.usable), np.int64)
         q.id_rank[id_order] = np.arange(len(q.usable))
         if len(q.usable):
-            qi = codes.index[shas[qimg]]
+            qi = q.query_idx = codes.index[shas[qimg]]
             ci = np.array([codes.index[shas[cands[i]]] for i in q.usable], np.int64)
             q.pair_codes = np.minimum(qi, ci) * codes.n + np.maximum(qi, ci)
             q.sha_idx = ci

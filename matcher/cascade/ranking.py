@@ -29,12 +29,23 @@ def verdict_values(codes: np.ndarray, verdicts: dict[int, tuple[float, float]]) 
     return arr[:, 0], arr[:, 1]
 
 
+def direct_values(q: QueryState, pos: np.ndarray, verdicts: dict[int, tuple[float, float]]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-1 (score, strength) of the candidates at ``pos`` before re-ranking: the query's own scores where a
+    ranker gave them (:attr:`QueryState.s1`), else the pairs' scores; strengths are the verdicts'."""
+    sc, st = verdict_values(q.pair_codes[pos], verdicts)
+    if q.s1 is not None and len(pos):
+        own = q.s1[pos]
+        sc = np.where(np.isnan(own), sc, own)
+    return sc, st
+
+
 def stage1_values(q: QueryState, pos: np.ndarray, verdicts: dict[int, tuple[float, float]],
                   scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """Stage-1 (score, strength) of the candidates at ``pos``, re-ranked where the query was; a re-ranked
-    score ``s`` stands for the strength ``scale * s / (1 - s)`` (``scale``: the verifier's ``score_scale``),
-    so the two stay in step."""
-    sc, st = verdict_values(q.pair_codes[pos], verdicts)
+    """Stage-1 (score, strength) of the candidates at ``pos`` (:func:`direct_values`), re-ranked where the query
+    was; a re-ranked score ``s`` stands for the strength ``scale * s / (1 - s)`` (``scale``: the verifier's
+    ``score_scale``), so the two stay in step."""
+    sc, st = direct_values(q, pos, verdicts)
     if q.rr is not None and len(pos):
         rr = q.rr[pos]
         up = ~np.isnan(rr) & (rr > sc)

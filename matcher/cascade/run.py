@@ -9,7 +9,7 @@ from ..engine import Engine
 from ..timing import Deadline
 from .global_descriptors import GlobalStage
 from .scheduler import Cascade, CascadeResult, CascadeSettings
-from .scoring import make_scorer
+from .scoring import make_scoring
 from .stages import EngineStage, build_stage2
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ def run_cascade(engine: Engine, tasks: list[tuple[str, str, str, list[str]]], sh
     by_sha = {}
     for image_id, sha in sorted(shas.items()):  # an image file listed under two ids: the first id's metadata
         by_sha.setdefault(sha, (metadata or {}).get(image_id))
-    scorer = make_scorer(settings.pair_score, engine, by_sha, settings.pair_model)
-    cascade = Cascade(EngineStage(engine), build_stage2(engine, stage2_name), GlobalStage(global_name, engine),
-                      settings, deadline, engine.conf["verifier"]["score_scale"], engine.progress, scorer)
+    scorer, ranking = make_scoring(settings.pair_score, engine, by_sha, settings.pair_model, settings.ranker)
+    stage0 = GlobalStage(global_name, engine, settings.global_head)
+    cascade = Cascade(EngineStage(engine), build_stage2(engine, stage2_name), stage0, settings, deadline,
+                      engine.conf["verifier"]["score_scale"], engine.progress, scorer, ranking)
     cascade.prepare(tasks, shas)
     cascade.run()
     result = cascade.result()

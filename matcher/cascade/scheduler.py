@@ -59,10 +59,13 @@ class CascadeSettings:
     stage2: str | None = "auto"  # stage-2 matcher: auto (the preset's default), none, or a registered name
     stage2_mode: str = "max"  # how stage 2's candidates are ordered (see ranking.final_ranking)
     global_descriptor: str = "auto"  # stage-0 descriptor: auto (the preset's default) or a preset name
-    pair_score: str = "auto"  # stage 1's pair score: strength (the verdict's), learned, or auto (scoring.py)
+    global_head: str | None = None  # a learned stage 0's head file (None: the preset's, from the weights folders)
+    pair_score: str = "auto"  # stage 1's score: strength (the verdict's), learned, ranker, or auto (scoring.py)
     pair_model: str | None = None  # the learned pair model's file (None: the preset's, from the weights folders)
-    rerank: bool = False  # re-rank with every verified pair of each scenario's database
+    ranker: str | None = None  # the ranker's file (None: the preset's, from the weights folders)
+    rerank: bool = False  # re-rank with the verified pairs of each scenario's database
     rerank_weight: float = reranking.DEFAULT_WEIGHT
+    rerank_top: int | None = None  # the graph: pairs among each query's top N candidates (None: the whole database)
     round_min: int = 16  # candidate ranks per stage-1 round at least
     round_min2: int = 2  # candidate ranks per stage-2 round at least
     rounds: int = 8  # rounds a stage is split into (so a cut stage leaves queries even)
@@ -104,9 +107,11 @@ class Cascade:
     """One run of the cascade over a set of queries (see the module docstring)."""
 
     def __init__(self, stage1: PairStage, stage2: PairStage | None, global_stage, settings: CascadeSettings,
-                 deadline: Deadline, scale: float, progress: bool = True, scorer: Scorer = verdict_scores):
+                 deadline: Deadline, scale: float, progress: bool = True, scorer: Scorer = verdict_scores,
+                 ranking=None):
         self.stage1 = stage1
         self.scorer = scorer  # stage 1's pair score (stage 2 keeps its verdicts' own)
+        self.ranking = ranking  # a ranker.QueryRanking applied after stage 1, or None
         self.stage2 = stage2
         self.global_stage = global_stage
         self.s = settings
@@ -282,6 +287,10 @@ class Cascade:
         for q in self.queries.values():
             n1 = min(q.done1, plan.k1)
             q.order1 = stage1_order(q, self.v1, n1, self.scale) if n1 else np.zeros(0, np.int64)
+        if self.ranking is not None:
+            t0 = self.deadline.clock()
+            self.ranking.apply(self)
+            self.seconds["ranker"] = self.deadline.clock() - t0
         if ok and graphs:
             t0 = self.deadline.clock()
             ok = database_rerank.rerank_databases(self, graphs)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..backends import PLAN_NODES, planner
 from ..cascade import CascadeResult, CascadeSettings, run_cascade
-from ..cascade.scoring import check_pair_model
+from ..cascade.scoring import check_models
 from ..engine import Engine
 from ..errors import DataError
 from ..pairs.store import canonical
@@ -33,7 +33,7 @@ def run(data: ChallengeData, engine: Engine, settings: CascadeSettings | None = 
     settings = settings or CascadeSettings()
     if deadline is None:
         deadline = Deadline(settings.budget_s if settings.budget_s is not None else float("inf"))
-    check_pair_model(settings.pair_score, engine, settings.pair_model)
+    check_models(settings.pair_score, engine, settings.pair_model, settings.ranker)
     paths, bad = data.image_paths(data.image_ids())
     if engine.backend.name != "local":
         for line in cluster_plan(data, engine, paths, settings, plan_nodes):
@@ -104,8 +104,13 @@ def cluster_plan(data: ChallengeData, engine: Engine, paths: dict, settings: Cas
 def submission_rows(data: ChallengeData, result: CascadeResult, mode: str = "max") -> pd.DataFrame:
     """The submission: the top 20 of each query's final ranking, queries in file order, scores strictly
     decreasing within a query (:func:`distinct_scores`)."""
+    return ranked_rows([qid for qid, _, _, _ in data.query_tasks()], result, mode)
+
+
+def ranked_rows(query_ids, result: CascadeResult, mode: str = "max") -> pd.DataFrame:
+    """The submission's rows of these queries (in this order) from a cascade's result."""
     rows = []
-    for qid, _, _, _ in data.query_tasks():
+    for qid in query_ids:
         ranked = result.ranking(qid, TOP_K, mode)
         rows += [(qid, db_id, score) for (db_id, _), score in zip(ranked, distinct_scores([s for _, s in ranked]))]
     return pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)

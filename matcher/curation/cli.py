@@ -53,7 +53,7 @@ def make_curator(args, calibration_file: Path | None, auto_score: str = "learned
     if args.prior is not None and not 0 < args.prior < 1:
         raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
     engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
-                    progress=not args.quiet, backend=args.backend, ray_address=args.ray_address)
+                    progress=not args.quiet, backend=args.backend, ray_address=args.ray_address, runtime=args.runtime)
     model, score = None, auto_score if args.pair_score == "auto" else args.pair_score
     if score != "strength":
         try:

@@ -220,21 +220,55 @@ class TorchExtractor(Extractor):
 
 
 class DiskExtractor(TorchExtractor):
+    """DISK (kornia); with ``conf["runtime"] == "onnxruntime"`` its U-Net runs in ONNX Runtime on the CPU and the
+    rest (detection, descriptors) stays kornia's (:mod:`matcher.features.runtimes`)."""
+
     dim = 128
     multi_scale = True
     bytes_per_pixel = 3000  # about 2,300 measured at 640 x 224 (330 MB per image)
     cpu_batch = 4
 
+    def __init__(self, conf: dict, device: str = "cpu", batch_size: int | None = None, export_dir=None):
+        super().__init__(conf, device, batch_size)
+        self.runtime = conf.get("runtime", "torch")
+        self.export_dir = export_dir
+        self._onnx = None
+        if self.runtime != "torch" and not batch_size:
+            self.batch_size = 1  # one image a call: ONNX Runtime's rounding may change with the batch
+
+    def batch_for(self, size: tuple[int, int]) -> int:
+        return 1 if self.runtime != "torch" and not self.fixed_batch else super().batch_for(size)
+
+    def weights_file(self) -> str:
+        return f"disk-{self.conf['weights']}-save.pth"
+
     def _build(self):
         from kornia.feature import DISK
 
         model = DISK()
-        weights.load_weights_into(model, weights.load(f"disk-{self.conf['weights']}-save.pth")["extractor"], "DISK")
+        weights.load_weights_into(model, weights.load(self.weights_file())["extractor"], "DISK")
         return model
 
     def _forward(self, model, x, n):
-        feats = model(x, n=n, pad_if_not_divisible=True)
-        return [{"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.detection_scores} for f in feats]
+        if self.runtime == "torch" or devices.is_cuda(x.device.type):
+            feats = model(x, n=n, pad_if_not_divisible=True)
+            return [{"keypoints": f.keypoints, "descriptors": f.descriptors, "scores": f.detection_scores}
+                    for f in feats]
+        return self._forward_onnx(model, x, n)
+
+    def _forward_onnx(self, model, x, n):
+        import torch
+        import torch.nn.functional as F
+
+        from . import runtimes
+
+        if self._onnx is None:
+            sha = weights.recorded_sums().get(self.weights_file(), "unrecorded")
+            self._onnx = runtimes.OnnxUnet(model.unet, sha, self.export_dir)
+        h, w = x.shape[2:]
+        padded = F.pad(x, (0, -w % 16, 0, -h % 16), value=0.0)
+        dense = torch.from_numpy(self._onnx(padded.numpy()))[..., :h, :w]
+        return runtimes.dense_to_features(padded, dense, n, model.desc_dim)
 
 
 class AlikedExtractor(TorchExtractor):
@@ -308,5 +342,8 @@ class SiftExtractor(Extractor):
 EXTRACTOR_CLASSES = {"disk": DiskExtractor, "aliked": AlikedExtractor, "sift": SiftExtractor}
 
 
-def build(conf: dict, device: str = "cpu", batch_size: int | None = None) -> Extractor:
+def build(conf: dict, device: str = "cpu", batch_size: int | None = None, export_dir=None) -> Extractor:
+    """The extractor of ``conf``; ``export_dir``: where an exported network is kept (DISK on ONNX Runtime)."""
+    if conf.get("runtime", "torch") != "torch":
+        return EXTRACTOR_CLASSES[conf["model"]](conf, device, batch_size, export_dir)
     return EXTRACTOR_CLASSES[conf["model"]](conf, device, batch_size)

@@ -58,12 +58,13 @@ class FeatureStage:
         self.loaded: dict[str, dict] = {}
         self.extracted = 0
         self.remote = None  # an execution backend's runner (see the module docstring); None: extract here
+        self.export_dir = None  # where an exported network is kept (the cache's exports/; None: a temporary folder)
         self._extractor = None
 
     @property
     def extractor(self) -> extractors.Extractor:
         if self._extractor is None:
-            self._extractor = extractors.build(self.conf, self.device, self.batch_size)
+            self._extractor = extractors.build(self.conf, self.device, self.batch_size, self.export_dir)
         return self._extractor
 
     def has(self, sha: str) -> bool:

@@ -11,28 +11,23 @@ feature names, the verdict settings key it was trained for, what it was trained 
 figures and the command that rebuilds it, and the trees in LightGBM's own text format (loaded with
 ``lightgbm.Booster(model_str=...)``: no pickle). The file carries the SHA-256 of its own content
 (``sha256``), checked on every load, and the shipped file is also checked against ``weights/SHA256SUMS``
-(:func:`matcher.io.weights.locate`); the trees are checked by :mod:`.lightgbm_text` before LightGBM
-reads them (its parser trusts its input: a model cut short crashes the process).
+(:func:`matcher.io.weights.locate`); the trees are checked before LightGBM reads them
+(:mod:`matcher.io.tree_file`: its parser trusts its input, and a model cut short crashes the process).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import json
 import math
-import os
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import WeightsError
 from ..features.global_head import similarity
-from ..io import weights
-from ..io.atomic import atomic_path
-from . import evidence, lightgbm_text
+from ..io import tree_file, weights
+from . import evidence
 
 FORMAT = "whalematch-pair-model"
 VERSION = 1
@@ -138,66 +133,31 @@ class PairModel:
         return self.predict([feature_row(v, a, b, self.features) for v, (a, b) in zip(verdicts, metas)])
 
     def to_json(self) -> dict:
-        doc = {"format": FORMAT, "version": VERSION, "kind": "lightgbm binary classifier",
-               "features": self.features, "settings_key": self.settings_key, "info": self.info,
-               "lightgbm_model": self.booster_text}
-        return {**doc, "sha256": content_sha256(doc)}
+        return {"format": FORMAT, "version": VERSION, "kind": "lightgbm binary classifier",
+                "features": self.features, "settings_key": self.settings_key, "info": self.info,
+                "lightgbm_model": self.booster_text}
 
     def save(self, path: Path) -> None:
-        """The model file (atomically); under the shipped name in ``weights/``, its sum recorded in SHA256SUMS."""
-        with atomic_path(Path(path), suffix=".json") as tmp:
-            tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        weights.record_sum(Path(path))
+        """The model file (:func:`matcher.io.tree_file.write`: with its checksum; a shipped file's sum recorded)."""
+        tree_file.write(Path(path), self.to_json())
 
     @classmethod
     def load(cls, path: Path) -> PairModel:
         """The model of a file, refused (:class:`WeightsError` naming it) unless its content matches its own
-        SHA-256 and its trees are well formed: nothing malformed reaches LightGBM. A file read before and not
-        changed since is not read again (the same model object)."""
-        path = Path(path)
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise WeightsError(f"{path}: cannot load the pair model ({exc.strerror or exc})") from None
-        return _load(cls, os.path.abspath(path), st.st_size, st.st_mtime_ns)
-
-    @classmethod
-    def _read(cls, path: Path) -> PairModel:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-            if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
-                raise ValueError(f"not a {FORMAT} file of version {VERSION}")
-            unknown = set(doc["features"]) - set(feature_names(True, True))
-            if unknown:
-                raise ValueError(f"it uses features this version does not compute: {', '.join(sorted(unknown))}")
-            head = (doc.get("info") or {}).get("head") or {}
-            if set(HEAD_FEATURES) & set(doc["features"]) and not {"file", "sha256"} <= set(head):
-                raise ValueError("it reads a global head's vote but does not say which head (info.head.file and "
-                                 "info.head.sha256)")
-            if "sha256" not in doc:
-                raise ValueError("it carries no checksum of its content (made by an older version: rebuild it with "
-                                 "make train-verifier)")
-            if content_sha256(doc) != doc["sha256"]:
-                raise ValueError("its content does not match its own SHA-256: changed or damaged since it was "
-                                 "written")
-            model = cls(list(doc["features"]), str(doc["settings_key"]), doc["lightgbm_model"],
-                        dict(doc.get("info", {})), str(path))
-            lightgbm_text.check(model.booster_text, len(model.features))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise WeightsError(f"{path}: cannot load the pair model ({exc})") from None
-        return model
+        SHA-256 and its trees are well formed: nothing malformed reaches LightGBM (:func:`tree_file.read`)."""
+        doc = tree_file.read(Path(path), FORMAT, VERSION, "pair model", validate=_validate)
+        return cls(list(doc["features"]), str(doc["settings_key"]), doc["lightgbm_model"], dict(doc.get("info", {})),
+                   str(path))
 
 
-@lru_cache(maxsize=8)
-def _load(cls, path: str, size: int, mtime_ns: int) -> PairModel:
-    return cls._read(Path(path))
-
-
-def content_sha256(doc: dict) -> str:
-    """SHA-256 of a model file's content (every field but ``sha256`` itself, as canonical JSON)."""
-    body = {k: v for k, v in doc.items() if k != "sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def _validate(doc: dict) -> None:
+    unknown = set(doc["features"]) - set(feature_names(True, True))
+    if unknown:
+        raise ValueError(f"it uses features this version does not compute: {', '.join(sorted(unknown))}")
+    head = (doc.get("info") or {}).get("head") or {}
+    if set(HEAD_FEATURES) & set(doc["features"]) and not {"file", "sha256"} <= set(head):
+        raise ValueError("it reads a global head's vote but does not say which head (info.head.file and "
+                         "info.head.sha256)")
 
 
 def photo_fingerprints(shas) -> list[str]:

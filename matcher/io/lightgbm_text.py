@@ -5,9 +5,10 @@ LightGBM's own parser trusts its input: it cuts the text into trees at the byte 
 without bounds checks. A model cut short, or one whose values were edited so that a tree's length no
 longer matches ``tree_sizes``, makes it read past its buffer (a segmentation fault), and an out-of-range
 index reads memory that is not the model's. :func:`check` reads the text the way LightGBM would and
-refuses (``ValueError`` saying where) anything that is not a well-formed binary-classification model of
-numerical splits over ``n_features`` features: every tree at the offset its size says, every array of
-the length its leaf count asks, every number finite, every index in range, each node reached once.
+refuses (``ValueError`` saying where) anything that is not a well-formed model of numerical splits over
+``n_features`` features with one tree per iteration (a binary classifier or a ranker): every tree at the
+offset its size says, every array of the length its leaf count asks, every number finite, every index in
+range, each node reached once.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ def _check_tree(block: str, where: str, n_features: int) -> None:
         raise ValueError(f"{where}: the nodes do not form one tree (each node and leaf reached once from the root)")
 
 
-def check(text: str, n_features: int) -> int:
-    """The number of trees of a well-formed model text over ``n_features`` features; ``ValueError`` otherwise."""
+def check(text: str, n_features: int, objectives: tuple[str, ...] = ("binary",)) -> int:
+    """The number of trees of a well-formed model text over ``n_features`` features whose objective is one of
+    ``objectives``; ``ValueError`` otherwise."""
     if not isinstance(text, str) or not text.isascii():
         raise ValueError("not ASCII text")
     data = text.encode("ascii")
@@ -106,9 +108,9 @@ def check(text: str, n_features: int) -> int:
         raise ValueError("not LightGBM's text format (tree ... Tree=0 ... end of trees)")
     header = _fields(text[len("tree\n") : start + 1], "header")
     if header.get("num_class") != "1" or header.get("num_tree_per_iteration") != "1":
-        raise ValueError("header: not a model with one tree per iteration (binary classification)")
-    if not header.get("objective", "").startswith("binary"):
-        raise ValueError(f"header: objective {header.get('objective', '')[:40]!r} is not binary")
+        raise ValueError("header: not a model with one tree per iteration")
+    if header.get("objective", "").split(" ")[0] not in objectives:
+        raise ValueError(f"header: objective {header.get('objective', '')[:40]!r} is not {' or '.join(objectives)}")
     if header.get("max_feature_idx") != str(n_features - 1):
         raise ValueError(f"header: max_feature_idx {header.get('max_feature_idx', '')[:20]!r}, "
                          f"{n_features - 1} expected for {n_features} features")

@@ -1,0 +1,96 @@
+"""Where the feature network runs (``--runtime``): which runtime a run takes, that ONNX Runtime's DISK agrees with
+PyTorch's on generated images, that their features never share a cache entry, and that a broken export is
+made again."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from matcher import cache, presets
+from matcher.errors import ConfigError
+from matcher.features import runtimes
+
+ort = pytest.importorskip("onnxruntime")
+
+
+def test_which_runtime_a_run_takes(monkeypatch, caplog):
+    assert runtimes.resolve("auto", "cpu", "disk") == "onnxruntime"
+    assert runtimes.resolve("auto", "cpu", "sift") == "torch" and runtimes.resolve("auto", "cpu", "aliked") == "torch"
+    assert runtimes.resolve("auto", "cuda", "disk") == "torch"  # the GPU path is unchanged
+    assert runtimes.resolve("torch", "cpu", "disk") == "torch"
+    with pytest.raises(ConfigError, match="runs on the CPU"):
+        runtimes.resolve("onnxruntime", "cuda:0", "disk")
+    with pytest.raises(ConfigError, match="only disk has an exported network"):
+        runtimes.resolve("onnxruntime", "cpu", "aliked")
+    monkeypatch.setattr(runtimes, "installed", lambda name: False)
+    with pytest.raises(ConfigError, match=r"not installed: pip install 'whalematch\[fast\]'"):
+        runtimes.resolve("onnxruntime", "cpu", "disk")
+    with caplog.at_level(logging.INFO, logger="matcher.features.runtimes"):
+        assert runtimes.resolve("auto", "cpu", "disk") == "torch"  # falls back, in one line
+    assert [r.getMessage() for r in caplog.records if "ONNX Runtime is not installed" in r.getMessage()]
+    with pytest.raises(ValueError, match="choose one of auto, torch, onnxruntime"):
+        runtimes.parse("openvino-bf16")
+
+
+def test_runtimes_never_share_a_cache_entry():
+    conf = presets.resolve("disk-mnn")
+    assert cache.feature_key(conf) == cache.feature_key(conf, "torch")  # PyTorch's keys stay what they were
+    assert cache.feature_key(conf, "onnxruntime") != cache.feature_key(conf)
+    assert cache.verdict_key(conf, "onnxruntime") != cache.verdict_key(conf)
+    assert presets.verdict_key(conf) == presets.verdict_key(presets.resolve("disk-mnn"))  # models stay valid
+
+
+@pytest.fixture(scope="module")
+def disk_pair():
+    """DISK under both runtimes (skipped without its weights) and generated images."""
+    from conftest import textured_image, warp_affine
+
+    from matcher.errors import WeightsError
+    from matcher.features import extractors
+    from matcher.io import weights
+
+    conf = presets.resolve("disk-mnn")["extractor"]
+    try:
+        weights.find(f"disk-{conf['weights']}-save.pth")
+    except WeightsError as exc:
+        pytest.skip(f"DISK weights not installed ({exc})")
+    imgs = [textured_image(70 + k, (320, 128)) for k in range(3)] + [warp_affine(textured_image(70), 6, 0.9)[0]]
+    return extractors.build(conf, "cpu"), conf, imgs
+
+
+def test_onnx_runtime_disk_agrees_with_pytorch(disk_pair, tmp_path):
+    from matcher.features import extractors
+
+    torch_ex, conf, imgs = disk_pair
+    onnx_ex = extractors.build({**conf, "runtime": "onnxruntime"}, "cpu", export_dir=tmp_path)
+    assert onnx_ex.batch_size == 1
+    for img in imgs:
+        a, b = torch_ex.extract([img])[0], onnx_ex.extract([img])[0]
+        ka = {tuple(k) for k in np.round(a["keypoints"], 3)}
+        kb = {tuple(k) for k in np.round(b["keypoints"], 3)}
+        assert len(ka & kb) >= 0.98 * len(ka) and abs(len(ka) - len(kb)) <= 0.02 * len(ka)
+        both = {tuple(k): i for i, k in enumerate(np.round(b["keypoints"], 3))}
+        pairs = [(i, both[tuple(k)]) for i, k in enumerate(np.round(a["keypoints"], 3)) if tuple(k) in both]
+        da = a["descriptors"][[i for i, _ in pairs]].astype(np.float32)
+        db = b["descriptors"][[j for _, j in pairs]].astype(np.float32)
+        assert np.min(np.sum(da * db, axis=1)) > 0.999  # the same descriptors, up to float16 rounding
+        sa, sb = a["scores"][[i for i, _ in pairs]], b["scores"][[j for _, j in pairs]]
+        assert np.abs(sa - sb).max() < 0.002 * np.abs(sa).max() + 0.02  # detection scores (about 0 to 60)
+    exports = list(tmp_path.glob("*.onnx"))
+    assert len(exports) == 1 and exports[0].with_suffix(".json").is_file()  # exported once, kept
+
+
+def test_a_broken_export_is_made_again(disk_pair, tmp_path, caplog):
+    from matcher.features import extractors
+
+    _, conf, imgs = disk_pair
+    first = extractors.build({**conf, "runtime": "onnxruntime"}, "cpu", export_dir=tmp_path).extract(imgs[:1])[0]
+    (export,) = tmp_path.glob("*.onnx")
+    export.write_bytes(export.read_bytes()[:1000])  # cut short
+    with caplog.at_level(logging.WARNING, logger="matcher.features.runtimes"):
+        again = extractors.build({**conf, "runtime": "onnxruntime"}, "cpu", export_dir=tmp_path).extract(imgs[:1])[0]
+    assert any("unusable" in r.getMessage() and "exporting it again" in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(first["keypoints"], again["keypoints"])
