@@ -111,11 +111,17 @@ train-global:
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
 ##        projection to the challenge's full test, on the GPU if there is one, else the CPU (a few minutes there);
-##        BENCH_ARGS adds options, e.g. BENCH_ARGS='--n-images 48 --n-pairs 800 --presets disk-mnn'
+##        BENCH_ARGS adds options, e.g. BENCH_ARGS='--n-images 48 --n-pairs 800 --presets disk-mnn'; then the
+##        feature runtimes side by side (torch first): extraction images/s and where the time goes, keypoint,
+##        descriptor and verdict agreement with torch, the quick set's mAP@20 per runtime, what bounds pairs/s
+##        (benchmarks/runtimes.py; RUNTIME_BENCH_ARGS adds options)
 BENCH_IMAGES ?= $(CATALOGUE)
 BENCH_ARGS ?=
+RUNTIME_BENCH_ARGS ?=
 bench:
 	$(PY) -m benchmarks.pair_throughput --images $(BENCH_IMAGES) --json benchmarks/results/pair_throughput.json $(BENCH_ARGS)
+	$(PY) -m benchmarks.runtimes --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --dev $(DEV_DIR) --labels $(LABELS) \
+		--json benchmarks/results/runtimes.json $(RUNTIME_BENCH_ARGS)
 
 ## bench-ray: pair verification on the Ray backend (1, 2, 3 nodes of Ray's multi-node harness on this machine) against
 ##            the local backend on the same pairs of DEV_DIR's photos (features from CACHE_DIR): pairs/s, the overhead

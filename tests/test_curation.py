@@ -311,3 +311,21 @@ def test_search_scores_with_a_learned_pair_model_and_its_calibration(tmp_path, c
                str(tmp_path / "cache"), "--out", str(out), "--quiet", "--pair-score", "learned", "--pair-model",
                str(tmp_path / "model.json"), "--calibration", str(tmp_path / "strength.json")])
     assert rc == 2 and "calibrates the strength" in capsys.readouterr().err
+
+
+def test_every_command_is_registered_once_and_an_unknown_one_is_refused(capsys):
+    """One registry (name -> options, summary, handler): each command's handler lives in its own module, and a
+    name that is not registered is an error (it used to fall through to calibrate)."""
+    from matcher.curation.options import COMMANDS, build_parser
+
+    assert set(COMMANDS) == {"verify", "search", "audit", "calibrate", "apply-decisions"}
+    parser = build_parser()
+    for name, cmd in COMMANDS.items():
+        assert cmd.run.__name__ == "run" and cmd.run.__module__.startswith("matcher.curation.")
+        needed = {"apply-decisions": ["x.csv", "--metadata", "m.csv"], "audit": ["--metadata", "m.csv"],
+                  "calibrate": ["--metadata", "m.csv"], "search": ["--catalogue", "c"]}
+        assert parser.parse_args([name, *needed.get(name, [])]).run is cmd.run
+    with pytest.raises(SystemExit) as exc:
+        main(["calibrat"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'calibrat'" in capsys.readouterr().err

@@ -3,6 +3,8 @@ labelled as different whales that verify strongly; the pairs to verify, the find
 
 from __future__ import annotations
 
+import sys
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from itertools import combinations
@@ -12,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import DataError
-from ..io.catalogue import Photo, comparable, view_group
-from . import report
-from .curator import Curator, pair_task
+from ..io.catalogue import Photo, apply_subset, comparable, read_photos, view_group
+from . import cluster, priors, report
+from .curator import Curator, from_options, pair_task
 from .review_page import Review
 
 SCOPES = ("all", "same-year", "same-date")
@@ -237,3 +239,68 @@ def write_page(found: AuditFindings, summary: list[str], out: Path) -> Path:
         empty="none among the pairs verified",
         review=Review("image_b", "whale_b", query="image_a"))
     return report.write(report.Report("whalematch: catalogue audit", summary, [iso_table, strong_table]), page)
+
+
+# --------------------------------------------------------------------------- the command
+
+# An audit judges labels that came with their photos' dates: its pairs are scored by their image evidence alone,
+# since the learned pair model reads the dates too (a photo filed under a whale seen the day before would pass).
+AUDIT_SCORE_WHY = ("the image evidence alone, by default: the learned pair model also reads the dates, and photos "
+                   "of one encounter would vouch for each other's labels; --pair-score learned asks for it")
+
+
+def run(args, argv: list[str]) -> int:
+    """A labelled catalogue: the pair counts, then isolated images and strong cross-whale pairs."""
+    meta = read_photos(args.metadata)
+    photos = apply_subset(list(meta.values()), args.subset)
+    if args.whales:
+        keep = {w.strip() for w in args.whales.split(",") if w.strip()}
+        photos = [p for p in photos if p.whale_id in keep]
+    if not photos:
+        raise DataError(f"{args.metadata}: no images to audit")
+    plan = plan_audit(photos, args.scope, None if args.no_cross else args.limit, args.seed)
+    cross = [] if args.no_cross else plan.cross
+    cur = from_options(args, args.calibration, auto_score="strength")  # see AUDIT_SCORE_WHY
+    cur.use_prior(priors.for_pairs(args.prior, priors.AUDIT_WHY))
+    print(f"audit of {plan.photos} images of {plan.whales} whales ({args.metadata})")
+    print(f"  {cur.extraction_line(photos)}")
+    print("  pair score: " + (f"strength, {AUDIT_SCORE_WHY}" if cur.model is None else
+                              "the learned pair model (--pair-score learned): it reads the photos' dates too, so a "
+                              "mislabel within an encounter can hide"))
+    print(f"  {cur.prior_line()}")
+    print(f"  (a) {len(plan.within)} same-whale pairs; {plan.singletons} images have no other comparable image "
+          "of their whale and cannot be checked")
+    scope = {"all": "", "same-year": " taken in the same year", "same-date": " taken on the same date"}[args.scope]
+    if args.no_cross:
+        print(f"  (b) skipped (--no-cross); {plan.cross_total} cross-whale pairs{scope} exist")
+    else:
+        sampled = f", a sample of {len(cross)} (--limit, seed {args.seed})" if len(cross) < plan.cross_total else ""
+        print(f"  (b) {plan.cross_total} cross-whale pairs of comparable views{scope}{sampled}")
+    print(f"  {len(plan.within) + len(cross)} pairs to verify (the pair cache holds {cur.engine.stored_verdicts()} "
+          "verdicts for these settings; those are not verified again)")
+    if cluster.wanted(cur, plan.within + cross):
+        tasks = [pair_task(a, b) for a, b in plan.within + cross]
+        print("\n".join(f"  {line}" for line in cluster.plan_lines(cur, tasks, args.plan_nodes)))
+    sys.stdout.flush()
+    if args.dry_run:
+        return 0
+    t0 = time.perf_counter()
+    found = audit(cur, meta, plan.within, cross, args.isolated_below, args.strong_above, args.pictures,
+                        args.out / "images", args.outliers)
+    iso_csv, sus_csv = write_tables(found, args.out)
+    summary = summary_lines(cur, plan, found, args.metadata, args.isolated_below, args.strong_above)
+    page = write_page(found, summary, args.out)
+    print(f"verified in {time.perf_counter() - t0:.0f} s ({cur.engine.verified()} pairs verified by this run, "
+          f"{cur.engine.stats.features_extracted} images' features extracted; {cur.engine.backend.label})")
+    print(f"(a) {len(found.isolated)} images verify against no other image of their whale:")
+    for d in found.isolated[:10]:
+        print(f"  {d['rank']:>3}. {d['image_id']:<16} {d['whale_id']:<12} best {d['best_partner']:<16} "
+              f"inliers {d['best_inliers']:>4}  P {report.fmt(d['best_probability'], '.2f')}  "
+              f"score {d['best_score']:.3f}")
+    print(f"(b) {len(found.strong)} cross-whale pairs verify strongly:")
+    for d in found.strong[:10]:
+        print(f"  {d['rank']:>3}. {d['image_a']} ({d['whale_a']}) ~ {d['image_b']} ({d['whale_b']})  "
+              f"inliers {d['n_inliers']}  P {report.fmt(d['probability'], '.2f')}  score {d['score']:.3f}  {d['kind']}")
+    print(f"results: {iso_csv}, {sus_csv}\nreview page: {page} (both lists, most doubtful first, with decisions: "
+          "Same on a cross-whale pair merges the two ids with whalematch apply-decisions)")
+    return 0

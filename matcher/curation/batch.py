@@ -9,16 +9,17 @@ catalogue image and whale, or why it could not be searched.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from ..errors import DataError
-from ..io.catalogue import Photo, load_catalogue
+from ..io.catalogue import Photo, load_catalogue, resolve_photo
 from ..io.paths import checked
-from . import priors, report, search, verify
-from .curator import Curator, PairTask, safe_name
+from . import cluster, priors, report, search
+from .curator import Curator, PairTask, from_options, safe_name
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 SUMMARY_COLUMNS = ["new_photo", "path", "viewpoint", "compared", "best_image", "best_whale", "n_inliers", "score",
@@ -32,7 +33,7 @@ def read_new_photos(source: Path, viewpoint: str | None = None) -> list[Photo]:
     source = checked(source, "new photos")
     if source.is_file() and source.suffix.lower() in LIST_SUFFIXES:
         lines = [line.strip() for line in source.read_text(encoding="utf-8-sig").splitlines()]
-        photos = [verify.resolve_photo(line, None, source.parent) for line in lines
+        photos = [resolve_photo(line, None, source.parent) for line in lines
                   if line and not line.startswith("#")]
     else:
         photos = load_catalogue(source)
@@ -104,3 +105,28 @@ def search_batch(cur: Curator, queries: list[Photo], tasks: dict[str, list[PairT
                    score=best["score"], probability=best["probability"], verdict=best["verdict"])
     path = report.write_csv(pd.DataFrame(summary, columns=SUMMARY_COLUMNS), args.out / "batch.csv")
     return summary, path
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run(args, catalogue: list[Photo]) -> int:
+    """Several new photos against a catalogue: every pair verified in one go, each photo ranked on its own."""
+    queries = read_new_photos(args.batch, args.viewpoint)
+    cur = from_options(args, args.calibration)
+    tasks = batch_tasks(queries, catalogue, args.mirror, args.all_views)
+    n_tasks = sum(len(t) for t in tasks.values())
+    print(f"searching {len(queries)} new photos from {args.batch} against {len(catalogue)} catalogue images "
+          f"({n_tasks} pairs); {cur.extraction_line(queries + catalogue)}", file=sys.stderr)
+    if cluster.wanted(cur, [t for ts in tasks.values() for t in ts]):
+        print("\n".join(cluster.plan_lines(cur, [t for ts in tasks.values() for t in ts], args.plan_nodes)))
+    sys.stdout.flush()
+    summary, path = search_batch(cur, queries, tasks, catalogue, args)
+    print(f"best catalogue image of each new photo ({cur.engine.verified()} pairs verified by this run; "
+          f"{cur.engine.backend.label}):")
+    for r in summary:
+        print(f"  {r['new_photo']:<28} " + (f"error: {r['error']}" if r["error"] else
+              f"{r['best_image']:<24} {r['best_whale']:<12} inliers {r['n_inliers']:>4}  score {r['score']:.3f}  "
+              f"P {report.fmt(r['probability'], '.2f')}  {r['verdict']}"))
+    print(f"summary: {path}; each new photo's results, pictures and review page in {args.out}/<photo>/")
+    return 0

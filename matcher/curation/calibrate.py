@@ -10,16 +10,17 @@ from __future__ import annotations
 import logging
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from ..errors import DataError, WhaleMatchError
-from ..io.catalogue import Photo, comparable
+from ..io.catalogue import Photo, apply_subset, comparable, read_photos
 from . import calibration as calib
 from . import report
-from .curator import Curator, pair_task
+from .curator import Curator, from_options, pair_task
 
 log = logging.getLogger("whalematch")
 SETS = ("fit", "heldout")
@@ -169,3 +170,44 @@ def save(cal: calib.Calibration, results: dict, output: Path, pairs_csv: Path) -
     """Write the calibration file and the CSV of its labelled pairs."""
     cal.save(output)
     report.write_csv(pairs_table(cal, results), pairs_csv)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def ci(h: dict, name: str) -> str:
+    """The 90% bootstrap interval of a held-out measure, when there is one."""
+    lo_hi = h.get(f"{name}_ci90")
+    return f" (90% interval {lo_hi[0]:.3f}-{lo_hi[1]:.3f})" if lo_hi else ""
+
+
+def run(args, argv: list[str]) -> int:
+    """Fit P(same whale) on a labelled catalogue and report its held-out error."""
+    meta = read_photos(args.metadata)
+    photos = apply_subset([p for p in meta.values() if p.whale_id], args.subset)
+    check_inputs(photos, args.metadata, args.heldout)
+    cur = from_options(args, None)
+    sets = sample_calibration_pairs(photos, args.seed, args.heldout, args.positives, args.max_images,
+                                              args.max_per_whale, args.negative_ratio)
+    for name in SETS:
+        s = sets[name]
+        print(f"{name:>8}: {len(s['positives'])} same-whale + {len(s['negatives'])} different-whale pairs "
+              f"from {s['images']} images of {s['whales']} whales", file=sys.stderr)
+    print(cur.extraction_line(photos_used(sets)), file=sys.stderr)
+    cal, results = calibrate(cur, sets, args.seed, args.metadata, portable_command(argv))
+    output = args.output or args.out / f"calibration-{cal.preset}.json"
+    pairs_csv = args.out / f"calibration-pairs-{cal.preset}.csv"
+    save(cal, results, output, pairs_csv)
+    h = cal.heldout
+    print(f"calibration of {cal.preset} (settings {cal.settings_key}): isotonic fit on {cal.fit['pairs']} pairs "
+          f"({cal.fit['positives']} same whale, {cal.fit['negatives']} different) from {cal.fit['images']} images "
+          f"of {cal.fit['whales']} whales")
+    print(f"held-out ({h['pairs']} pairs: {h['positives']} same, {h['negatives']} different; {h['images']} images "
+          f"of {h['whales']} other whales): ECE {h['ece']:.4f}{ci(h, 'ece')}  Brier {h['brier']:.4f}{ci(h, 'brier')}  "
+          f"(raw score read as a probability: ECE {h['raw_score_ece']:.4f}, Brier {h['raw_score_brier']:.4f})")
+    print("reliability on the held-out pairs, classes weighed to even odds "
+          "(P bin, pairs, of which same whale, mean P, share same whale):")
+    for r in heldout_reliability(cal, results):
+        print(f"  {r['bin']}  {r['pairs']:>5}  {r['same_whale_pairs']:>5}  {r['mean_p']:.3f}  {r['positive_rate']:.3f}")
+    print(f"wrote {output} (and the labelled pairs in {pairs_csv})")
+    return 0

@@ -25,13 +25,15 @@ from tqdm.auto import tqdm
 
 from ..cascade.head_vote import HeadVote
 from ..engine import Engine
-from ..errors import ImageError
+from ..errors import ImageError, WhaleMatchError
 from ..features.stage import mirror_key
 from ..io import images
 from ..io.catalogue import LATERAL, Photo, comparable
+from ..pairs import model as pair_model
 from ..pairs.model import PairModel
 from ..pairs.store import canonical
-from . import drawing
+from . import calibration as calib
+from . import drawing, priors
 from .calibration import MODEL, Calibration
 from .priors import ONE_PAIR_WHY, Prior
 
@@ -334,3 +336,34 @@ class Curator:
                 r["picture"] = str(self.draw(t, r, Path(folder) / self.picture_name(t), outliers))
             except ImageError as exc:
                 r["error"] = str(exc)
+
+
+def from_options(args, calibration_file: Path | None, auto_score: str = "learned") -> Curator:
+    """The engine of the options, its pair score (the learned model's P(same whale), or the strength's score;
+    ``--pair-score auto`` means ``auto_score``, the learned one where the preset has a model) and the
+    calibration of that score (``calibration_file``, else the model's own, else the preset's)."""
+    if args.prior is not None and not 0 < args.prior < 1:
+        raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
+    engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
+                    progress=not args.quiet, backend=args.backend, ray_address=args.ray_address, runtime=args.runtime)
+    model, score = None, auto_score if args.pair_score == "auto" else args.pair_score
+    if score != "strength":
+        try:
+            model = pair_model.for_preset(engine.name, engine.settings_key, args.pair_model)
+        except pair_model.NoPairModel as exc:  # only a missing default falls back; a refused file is an error
+            if args.pair_score == "learned":  # asked for by name: no model is an error
+                raise
+            log.info("no learned pair model (%s); scoring pairs by their strength", exc)
+    if model is not None and calibration_file is None and "calibration" in model.info:
+        cal = calib.Calibration.from_json(model.info["calibration"], f"{model.source} (its calibration)")
+    else:
+        cal, why = calib.for_preset(engine.conf, calibration_file)
+        if cal is None:
+            log.warning("%s; P(same whale) left blank, rankings use the raw score", why)
+    if cal is not None and (cal.input == calib.MODEL) != (model is not None):
+        raise WhaleMatchError(f"{cal.source}: calibrates the {cal.input}, but the pairs are scored by "
+                              f"{'the pair model' if model is not None else 'their strength'} (--pair-score)")
+    cur = Curator(engine, cal, args.prior, model)
+    if args.prior is not None:
+        cur.use_prior(priors.given(args.prior))
+    return cur

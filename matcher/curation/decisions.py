@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError, ImageError
+from ..errors import DataError, ImageError, WhaleMatchError
 from ..io import images
 from ..io.atomic import atomic_path
 from ..io.catalogue import IMAGE_SUFFIXES, Photo, read_photos
@@ -568,3 +568,47 @@ def write(table: pd.DataFrame, plan: Plan, output: Path, log_path: Path, backup:
             table.to_csv(tmp, index=False)
     except OSError as exc:
         raise DataError(f"cannot write {exc.filename or output} ({exc.strerror or exc})") from None
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run(args, argv: list[str]) -> int:
+    """A review page's decisions into a new metadata file, with a log of every change."""
+    if args.in_place and args.output is not None:
+        raise WhaleMatchError("give --output or --in-place, not both")
+    cat = Catalogue.read(args.metadata)
+    output = args.metadata if args.in_place else \
+        (args.output or args.metadata.with_name(f"{args.metadata.stem}.decided.csv"))
+    if not args.in_place and output.resolve() == args.metadata.resolve():
+        raise WhaleMatchError(f"{output} is the catalogue itself: give --in-place to overwrite it")
+    log_path = args.log or output.with_name(f"{output.stem}.changes.csv")
+    photo_dir = args.photo_dir if args.photo_dir.is_absolute() else output.parent / args.photo_dir
+    found = read_decisions(args.decisions)
+    bases = list(dict.fromkeys([Path.cwd(), *(d.parent.resolve() for d in args.decisions), cat.folder.resolve()]))
+    plan = plan_changes(found, cat, bases, args.new_photos)
+    table = apply(plan, cat, output, photo_dir)
+
+    told = ", ".join(f"{n} {k}" for k, n in sorted(plan.counts.items()))
+    print(f"{len(found)} decisions from {', '.join(map(str, args.decisions))} ({told or 'none'})")
+    print(f"catalogue {args.metadata}: {len(cat.photos)} photos of {len(cat.whale_counts())} whales")
+    print(f"{len(plan.changes)} changes: {len(set(plan.merged))} whale ids merged, {len(plan.labels)} photos labelled, "
+          f"{len(plan.new_photos)} new photos added")
+    for c in plan.changes:
+        print(f"  {c.line()}")
+    if plan.notes:
+        print(f"{len(plan.notes)} decisions change nothing:")
+        for c in plan.notes:
+            print(f"  {c.line()}")
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    backup = backup_path(args.metadata) if args.in_place else None
+    check_outputs(output, log_path, backup, [args.metadata, *args.decisions], plan)
+    write(table, plan, output, log_path, backup)
+    whales = len({w for w in table["whale_id"] if w})
+    print(f"wrote {output} ({len(table)} photos of {whales} whales)" + (f", the old file kept as "
+          f"{backup.name}" if backup else "") + f"; log of changes: {log_path}")
+    print("nothing was matched or verified: verdicts are cached by the photos' contents, so a search or audit of "
+          "the new catalogue reuses them")
+    return 0

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
 from ..config import env
 from ..options import add_engine_options
-from . import audit, decisions
+from . import audit, calibrate, decisions, search, verify
 
 DEFAULT_OUT = "whalematch-out"
 
@@ -142,24 +144,36 @@ def apply_decisions_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("-v", "--verbose", action="store_true", help="debug messages")
 
 
-APPLY_DECISIONS = ("apply the decisions of review pages to a catalogue",
-                   decisions.__doc__.split("\n\n", 1)[1].replace("``", "") +
-                   "\nExample: whalematch apply-decisions whalematch-decisions-*.csv --metadata catalogue/metadata.csv")
+@dataclass(frozen=True)
+class Command:
+    """One ``whalematch`` command: its options, its one-line summary and description, what runs it
+    (``run(args, argv) -> exit status``, in the command's own module) and whether it takes the engine's options."""
+
+    add_options: Callable[[argparse.ArgumentParser], None]
+    summary: str
+    description: str
+    run: Callable[[argparse.Namespace, list[str]], int]
+    engine: bool = True
+
 
 COMMANDS = {
-    "verify": (verify_options, "verify one pair (A B) or a CSV of pairs (--pairs)",
-               "Verdict of a pair of photos, with a picture of the inlier correspondences; or, with --pairs, a CSV "
-               "of verdicts and a review page."),
-    "search": (search_options, "rank catalogue images and whales for a new photo (or several: --batch)",
-               "Rank the images of a catalogue (and its whales, when the metadata has whale_id) for a new photo, "
-               "with match pictures of the best candidates; with --batch, for each of several new photos (every "
-               "pair verified in one go, on a cluster with --backend ray)."),
-    "audit": (audit_options, "find possible mislabels in a labelled catalogue",
-              "(a) images that verify against no other image of their whale; (b) pairs labelled as different whales "
-              "that verify strongly. Prints the pair counts first."),
-    "calibrate": (calibrate_options, "fit P(same whale) on a labelled catalogue",
-                  "Fit the map from pair strength to P(same whale) on labelled pairs (isotonic), and report its "
-                  "calibration error (ECE, Brier) on pairs of held-out whales."),
+    "verify": Command(verify_options, "verify one pair (A B) or a CSV of pairs (--pairs)",
+                      "Verdict of a pair of photos, with a picture of the inlier correspondences; or, with --pairs, a "
+                      "CSV of verdicts and a review page.", verify.run),
+    "search": Command(search_options, "rank catalogue images and whales for a new photo (or several: --batch)",
+                      "Rank the images of a catalogue (and its whales, when the metadata has whale_id) for a new "
+                      "photo, with match pictures of the best candidates; with --batch, for each of several new "
+                      "photos (every pair verified in one go, on a cluster with --backend ray).", search.run),
+    "audit": Command(audit_options, "find possible mislabels in a labelled catalogue",
+                     "(a) images that verify against no other image of their whale; (b) pairs labelled as different "
+                     "whales that verify strongly. Prints the pair counts first.", audit.run),
+    "calibrate": Command(calibrate_options, "fit P(same whale) on a labelled catalogue",
+                         "Fit the map from pair strength to P(same whale) on labelled pairs (isotonic), and report "
+                         "its calibration error (ECE, Brier) on pairs of held-out whales.", calibrate.run),
+    "apply-decisions": Command(apply_decisions_options, "apply the decisions of review pages to a catalogue",
+                               decisions.__doc__.split("\n\n", 1)[1].replace("``", "") +
+                               "\nExample: whalematch apply-decisions whalematch-decisions-*.csv --metadata "
+                               "catalogue/metadata.csv", decisions.run, engine=False),
 }
 
 
@@ -170,9 +184,10 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="whalematch", description=description, formatter_class=HelpFormatter)
     p.add_argument("--version", action="version", version=f"whalematch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (add_options, summary, description) in COMMANDS.items():
-        add_options(sub.add_parser(name, parents=[common], help=summary, description=textwrap.fill(description, 79),
-                                   formatter_class=HelpFormatter))
-    apply_decisions_options(sub.add_parser("apply-decisions", help=APPLY_DECISIONS[0], description=APPLY_DECISIONS[1],
-                                           formatter_class=HelpFormatter))
+    for name, cmd in COMMANDS.items():
+        parser = sub.add_parser(name, parents=[common] if cmd.engine else [], help=cmd.summary,
+                                description=textwrap.fill(cmd.description, 79) if cmd.engine else cmd.description,
+                                formatter_class=HelpFormatter)
+        cmd.add_options(parser)
+        parser.set_defaults(run=cmd.run)
     return p

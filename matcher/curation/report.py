@@ -258,3 +258,10 @@ PAIR_COLUMNS = [
     Column("verdict", "verdict"),
     Column("note", "note"),
 ]
+
+
+def fmt(v, spec=".3f") -> str:
+    """A number for printing; ``n/a`` when blank."""
+    if v is None or (isinstance(v, float) and math.isnan(v)) or v == "":
+        return "n/a"
+    return format(v, spec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,9 +11,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import WhaleMatchError
-from ..io.catalogue import Photo, comparable
-from . import drawing, report
-from .curator import RESULT_COLUMNS, Curator, PairTask, mirror_side
+from ..io.catalogue import Photo, apply_subset, comparable, load_catalogue, resolve_photo
+from . import drawing, priors, report
+from .curator import RESULT_COLUMNS, Curator, PairTask, from_options, mirror_side
 from .review_page import Review
 
 CANDIDATE_COLUMNS = ["rank", "image_b", "whale_id"] + [c for c in RESULT_COLUMNS
@@ -161,3 +163,48 @@ def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int,
                                review=Review("image_b", "whale_id", query_value=result.query.id)))
     return report.write(report.Report(f"whalematch: candidates for {Path(result.query.id).name}", summary, tables,
                                       report.relative(query_pic, page), f"new photo: {result.query.id}"), page)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run(args, argv: list[str]) -> int:
+    """A new photo against a catalogue: images and whales ranked, tables and page (many photos with --batch)."""
+    if (args.image is None) == (args.batch is None):
+        raise WhaleMatchError("search needs one new photo, or --batch with several (not both)")
+    catalogue = apply_subset(load_catalogue(args.catalogue), args.subset)
+    if args.batch is not None:
+        from . import batch  # the batch builds on this module's search
+
+        return batch.run(args, catalogue)
+    query = resolve_photo(args.image, None)
+    query = Photo(query.id, query.path, (args.viewpoint or "").lower())
+    cur = from_options(args, args.calibration)
+    tasks = search_tasks(query, catalogue, args.mirror, args.all_views or not args.viewpoint)
+    if not tasks:
+        raise WhaleMatchError(f"no catalogue image to compare with (views: {args.viewpoint or 'any'})")
+    cur.use_prior(priors.for_search(args.prior, [t.b for t in tasks]))
+    print(f"searching {len(tasks)} catalogue images for {query.id}; "
+          f"{cur.extraction_line([query] + [t.b for t in tasks])}", file=sys.stderr)
+    sys.stderr.flush()
+    result = search(cur, query, tasks, catalogue, args.top, args.out / "images", args.outliers)
+    tables = write_tables(result, args.out)
+    page = write_page(cur, result, summary_lines(cur, result, args.catalogue), args.top, args.out)
+    print(cur.prior_line())
+    print(f"best catalogue images for {query.id}:")
+    for r in result.rows[: min(10, len(result.rows))]:
+        if r.get("error"):
+            break
+        print(f"  {r['rank']:>3}. {r['image_b']:<24} {r['whale_id']:<12} inliers {r['n_inliers']:>4}  "
+              f"score {r['score']:.3f}  P {report.fmt(r['probability'], '.2f')}  {r['verdict']}"
+              + (f"  ({r['note']})" if r["note"] else ""))
+    if result.whales:
+        print("best whales:")
+        for w in result.whales[:5]:
+            print(f"  {w['rank']:>3}. {w['whale_id']:<12} via {w['best_image']:<24} score {w['score']:.3f}  "
+                  f"P {report.fmt(w['probability'], '.2f')}  ({w['images_verified']}/{w['images']} images verify)")
+    print(f"results: {', '.join(map(str, tables))}")
+    print(f"review page: {page} (decisions: Same / Different / Not sure, exported as a CSV for "
+          f"whalematch apply-decisions DECISIONS.csv --metadata CATALOGUE.csv --new-photos "
+          f"{shlex.quote(str(query.path.parent.resolve()))})")
+    return 0

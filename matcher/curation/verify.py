@@ -3,43 +3,21 @@ command's batch: verdicts ranked, drawn, written as a CSV and shown on a review 
 
 from __future__ import annotations
 
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from ..errors import DataError
-from ..io.catalogue import Photo
-from ..io.paths import checked
+from ..errors import DataError, WhaleMatchError
+from ..io.catalogue import Photo, read_photos, resolve_photo
 from ..io.tables import read_csv
-from . import report
-from .curator import RESULT_COLUMNS, Curator, PairTask, mirror_side
+from . import priors, report
+from .curator import RESULT_COLUMNS, Curator, PairTask, from_options, mirror_side
 from .review_page import Review
 
 TRUE = {"1", "true", "yes", "y", "t"}
-
-
-def resolve_photo(value: str, meta: dict[str, Photo] | None, base: Path | None = None) -> Photo:
-    """An image id of the metadata, else a path (relative to the working folder, then to ``base``)."""
-    if meta is not None and value in meta:
-        return meta[value]
-    path = checked(Path(value).expanduser(), "image")
-    if not path.is_absolute() and not path.exists() and base is not None and (base / path).exists():
-        path = base / path
-    if meta is not None and not path.exists():
-        raise DataError(f"{value!r} is neither an image id of the metadata nor an image file")
-    return Photo(id=value, path=path)
-
-
-def apply_subset(photos: list[Photo], subset: Path | None) -> list[Photo]:
-    """Only the photos whose image id a CSV (column image_id) lists, when one is given."""
-    if subset is None:
-        return photos
-    keep = set(read_csv(subset, ("image_id",))["image_id"])
-    out = [p for p in photos if p.id in keep]
-    if not out:
-        raise DataError(f"{subset}: none of its image ids is in the catalogue")
-    return out
 
 
 def read_pairs(path: Path, meta: dict[str, Photo] | None, force_mirror: bool) -> list[PairTask]:
@@ -103,3 +81,70 @@ def write_page(cur: Curator, batch: Batch, pairs_csv: Path, pictures: int, page:
     table = report.Table("Pairs", columns, report.pictures_relative(ranked, page), table_id="pairs",
                          review=Review("image_b", "whale_b", query="image_a"))
     return report.write(report.Report("whalematch: pair verification", summary, [table]), page)
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def run(args, argv: list[str]) -> int:
+    """``whalematch verify``."""
+    return _run(args)
+
+
+def _run(args) -> int:
+    """One pair: its verdict printed and its picture drawn (a batch with --pairs)."""
+    if args.pairs is not None:
+        if args.images:
+            raise WhaleMatchError("give either two images or --pairs CSV, not both")
+        return _run_batch(args)
+    if len(args.images) != 2:
+        raise WhaleMatchError("verify needs two images (A B), or --pairs CSV")
+    meta = read_photos(args.metadata) if args.metadata else None
+    a, b = (resolve_photo(v, meta) for v in args.images)
+    cur = from_options(args, args.calibration)
+    cur.use_prior(priors.for_pairs(args.prior, priors.ONE_PAIR_WHY))
+    task = PairTask(a, b, mirror_side(a, b, args.mirror))
+    row = cur.verify([task])[0]
+    if row["error"]:
+        raise WhaleMatchError(row["error"])
+    picture = args.picture or args.out / cur.picture_name(task)
+    cur.draw(task, row, picture, args.outliers)
+    row["picture"] = str(picture)
+    if args.json:
+        print(json.dumps({**row, "settings": cur.engine.settings_key, "preset": args.preset}, indent=2))
+        return 0
+    print(f"A: {a.id}  ({a.path}{', ' + a.viewpoint if a.viewpoint else ''})")
+    print(f"B: {b.id}  ({b.path}{', ' + b.viewpoint if b.viewpoint else ''})")
+    if task.mirror:
+        side = a if task.mirror == "a" else b
+        why = "left versus right flank" if {a.viewpoint, b.viewpoint} == {"left", "right"} else "--mirror"
+        print(f"mirrored: {side.id} was flipped horizontally before matching ({why}); the picture shows it unflipped")
+    else:
+        print("mirrored: no")
+    print(f"matches: {row['n_matches']} tentative, {row['n_inliers']} inliers")
+    print(f"strength {row['strength']:.2f}   score {row['score']:.3f}   "
+          f"P(same whale) {report.fmt(row['probability'], '.3f')}")
+    print(f"verdict: {row['verdict']}" + (f"  ({row['note']})" if row["note"] else ""))
+    for line in cur.describe():
+        print(f"settings: {line}")
+    print(f"picture: {picture}")
+    return 0
+
+
+def _run_batch(args) -> int:
+    """A CSV of pairs: results CSV, pictures of the best and a review page."""
+    meta = read_photos(args.metadata) if args.metadata else None
+    tasks = read_pairs(args.pairs, meta, args.mirror)
+    cur = from_options(args, args.calibration)
+    cur.use_prior(priors.for_pairs(args.prior, priors.PAIRS_WHY))
+    print(f"{len(tasks)} pairs from {args.pairs}; {len({p.id for t in tasks for p in (t.a, t.b)})} images",
+          file=sys.stderr)
+    found = verify_batch(cur, tasks, args.pictures, args.out / "images", args.outliers)
+    csv_path = write_results(found, args.output or args.out / "results.csv")
+    page = write_page(cur, found, args.pairs, args.pictures, args.out / "report.html")
+    print(f"verified {len(found.rows) - found.errors} pairs"
+          + (f", {found.likely_same(cur)} with P(same whale) >= 0.5" if cur.calibration is not None else ""))
+    print(cur.prior_line())
+    print(f"results: {csv_path}\nreview page: {page} (decisions: Same / Different / Not sure, exported as a CSV "
+          "for whalematch apply-decisions)")
+    return 0

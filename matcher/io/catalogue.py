@@ -123,3 +123,26 @@ def comparable(a: Photo, b: Photo) -> bool:
     """Whether two photos can show the same marks: same view group, or a view unknown."""
     ga, gb = view_group(a.viewpoint), view_group(b.viewpoint)
     return not ga or not gb or ga == gb
+
+
+def resolve_photo(value: str, meta: dict[str, Photo] | None, base: Path | None = None) -> Photo:
+    """An image id of the metadata, else a path (relative to the working folder, then to ``base``)."""
+    if meta is not None and value in meta:
+        return meta[value]
+    path = checked(Path(value).expanduser(), "image")
+    if not path.is_absolute() and not path.exists() and base is not None and (base / path).exists():
+        path = base / path
+    if meta is not None and not path.exists():
+        raise DataError(f"{value!r} is neither an image id of the metadata nor an image file")
+    return Photo(id=value, path=path)
+
+
+def apply_subset(photos: list[Photo], subset: Path | None) -> list[Photo]:
+    """Only the photos whose image id a CSV (column image_id) lists, when one is given."""
+    if subset is None:
+        return photos
+    keep = set(read_csv(subset, ("image_id",))["image_id"])
+    out = [p for p in photos if p.id in keep]
+    if not out:
+        raise DataError(f"{subset}: none of its image ids is in the catalogue")
+    return out
