@@ -15,7 +15,11 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-global bench clean
+.PHONY: help install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-global bench clean
+
+## help: this list (from the comments above each target)
+help:
+	@sed -n 's/^## //p' $(MAKEFILE_LIST)
 
 $(PY):
 	$(PYTHON_BASE) -m venv $(VENV)

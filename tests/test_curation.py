@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import textured_image, warp_affine
+from curation_helpers import PRESET, save_rgb, write_catalogue
 
 from matcher.curation import drawing
 from matcher.curation.audit import plan_audit
@@ -18,14 +19,6 @@ from matcher.curation.curator import Curator, PairTask, mirror_side
 from matcher.engine import Engine
 from matcher.features.stage import mirror_key
 from matcher.io.catalogue import Photo, comparable, load_catalogue, read_photos
-
-PRESET = "sift-mnn"  # needs no weights and runs fast on a CPU
-
-
-def save_rgb(path, img):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), img[:, :, ::-1])
-    return path
 
 
 def apply(m: np.ndarray, pts: np.ndarray) -> np.ndarray:
@@ -152,25 +145,6 @@ def test_cli_batch_writes_results_and_reuses_the_caches(tmp_path, pair_files, ca
     rows = cur.verify(tasks)
     assert cur.engine.stats.features_extracted == 0 and cur.engine.verified() == 0
     assert rows[1]["n_inliers"] == by_b["b_mirrored.png"]["n_inliers"]
-
-
-def write_catalogue(root, whales=3, per_whale=3, plant=None):
-    """Whale k's photos are warps of texture k; ``plant=(image_id, wrong whale)`` mislabels one photo."""
-    rows = []
-    for k in range(whales):
-        base = textured_image(100 + k)
-        for j in range(per_whale):
-            img, _ = warp_affine(base, angle=4.0 * j - 4, scale=1.0 - 0.05 * j, shift=(3.0 * j, -2.0 * j))
-            image_id = f"w{k}_{j}"
-            save_rgb(root / "images" / f"{image_id}.png", img)
-            rows.append({"image_id": image_id, "path": f"images/{image_id}.png", "viewpoint": "top",
-                         "whale_id": f"whale{k}", "date": "2018-08-0%d" % (1 + j % 2)})
-    if plant:
-        for r in rows:
-            if r["image_id"] == plant[0]:
-                r["whale_id"] = plant[1]
-    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
-    return root / "metadata.csv"
 
 
 def test_search_ranks_the_right_whale_first(tmp_path, capsys):

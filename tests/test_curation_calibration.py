@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, textured_image, warp_affine
-from test_curation import PRESET, save_rgb
+from curation_helpers import PRESET, save_rgb
 
 from matcher import presets
 from matcher.curation import calibration as calib

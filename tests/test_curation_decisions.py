@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from test_curation import PRESET, save_rgb, write_catalogue
+from curation_helpers import PRESET, save_rgb, write_catalogue
 
 from matcher.curation import decisions
 from matcher.curation.cli import main

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import textured_image, warp_affine
-from test_curation import PRESET, save_rgb, write_catalogue
+from curation_helpers import PRESET, save_rgb, write_catalogue
 
 from matcher.curation import calibration as calib
 from matcher.curation import priors

@@ -3,30 +3,14 @@
 from __future__ import annotations
 
 import csv
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import textured_image, warp_affine
-from test_curation import PRESET, save_rgb
+from curation_helpers import CHROMIUM_FLAGS, PRESET, chromium, save_rgb
 
 from matcher.curation import report
 from matcher.curation.cli import main
-
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1366,900"]
-
-
-def chromium() -> tuple[str, str]:
-    """Paths of chromium and chromedriver, or skip saying what is missing."""
-    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("headless browser test needs chromium and chromedriver "
-                    "(apt-get install -y chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="headless browser test needs selenium (pip install '.[test]')")
-    return browser, driver
 
 
 def test_page_is_escaped_and_sortable_markup(tmp_path):

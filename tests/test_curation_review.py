@@ -18,8 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import textured_image, warp_affine
-from test_curation import PRESET, save_rgb, write_catalogue
-from test_curation_report import CHROMIUM_FLAGS, chromium
+from curation_helpers import CHROMIUM_FLAGS, PRESET, chromium, save_rgb, write_catalogue
 
 from matcher.curation import report
 from matcher.curation.cli import main

@@ -22,7 +22,7 @@ import pandas as pd
 
 from ..io.atomic import atomic_path
 from . import review_page
-from .review_page import Review
+from .review_page import Review, asset
 
 
 @dataclass
@@ -58,74 +58,9 @@ class Report:
         return any(t.review is not None and t.rows for t in self.tables)
 
 
-CSS = """
-:root { color-scheme: light; }
-body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1d232a;
-       margin: 0 auto; padding: 0 1.2rem 2rem; max-width: 1500px; background: #fafbfc; }
-h1 { font-size: 1.45rem; margin: 1.1rem 0 .4rem; }
-h2 { font-size: 1.15rem; margin: 1.6rem 0 .3rem; }
-p.note, ul.summary { color: #444; margin: .3rem 0 .8rem; }
-ul.summary { padding-left: 1.2rem; }
-figure.lead { margin: .5rem 0 1rem; }
-figure.lead img { max-height: 220px; max-width: 100%; border: 1px solid #ccc; }
-table { border-collapse: collapse; width: 100%; background: #fff; box-shadow: 0 0 0 1px #dde1e6; }
-th, td { padding: .35rem .5rem; border-bottom: 1px solid #e3e6ea; text-align: left; vertical-align: middle; }
-thead th { position: sticky; top: 0; background: #eef1f4; z-index: 1; }
-th.sortable { cursor: pointer; user-select: none; }
-th.sortable:hover { background: #dde3ea; }
-th.sortable::after { content: " \\2195"; color: #999; }
-th[aria-sort="descending"]::after { content: " \\25BC"; color: #1d232a; }
-th[aria-sort="ascending"]::after { content: " \\25B2"; color: #1d232a; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.picture img { display: block; max-width: 36vw; max-height: 260px; width: auto; height: auto; border-radius: 2px; }
-div.scroll { overflow-x: auto; }
-td.picture a:hover img { outline: 2px solid #2b6cb0; }
-td.text { white-space: nowrap; }
-td.long { white-space: normal; overflow-wrap: anywhere; min-width: 10em; }
-tr:hover td { background: #f6f8fa; }
-.hi { color: #0a6b2a; font-weight: 600; }
-.mid { color: #8a5a00; font-weight: 600; }
-.lo { color: #8b1a1a; }
-.none { color: #999; }
-"""
+CSS = asset("report.css")
 
-SCRIPT = """
-(function () {
-  function value(row, index, numeric) {
-    var cell = row.cells[index];
-    var v = cell ? cell.getAttribute('data-value') : null;
-    if (v === null) { v = cell ? cell.textContent.trim() : ''; }
-    if (!numeric) { return v.toLowerCase(); }
-    var f = parseFloat(v);
-    return isNaN(f) ? null : f;
-  }
-  document.querySelectorAll('table.sortable').forEach(function (table) {
-    var headers = table.querySelectorAll('th.sortable');
-    headers.forEach(function (th) {
-      th.addEventListener('click', function () {
-        var numeric = th.getAttribute('data-type') === 'num';
-        var current = th.getAttribute('aria-sort');
-        var dir = current ? (current === 'descending' ? 'ascending' : 'descending')
-                          : (numeric ? 'descending' : 'ascending');
-        var sign = dir === 'ascending' ? 1 : -1;
-        var index = th.cellIndex;
-        var body = table.tBodies[0];
-        var rows = Array.prototype.slice.call(body.rows);
-        rows.sort(function (a, b) {
-          var x = value(a, index, numeric), y = value(b, index, numeric);
-          if (x === y) { return 0; }
-          if (x === null) { return 1; }   // blanks last either way
-          if (y === null) { return -1; }
-          return x < y ? -sign : sign;
-        });
-        rows.forEach(function (r) { body.appendChild(r); });
-        headers.forEach(function (h) { h.removeAttribute('aria-sort'); });
-        th.setAttribute('aria-sort', dir);
-      });
-    });
-  });
-})();
-"""
+SCRIPT = asset("report.js")
 
 
 def _esc(v) -> str:
