@@ -442,7 +442,7 @@ def main(argv=None) -> int:
         chosen, pairs = sample(paths, args.n_images, args.n_pairs, args.seed, whales)
         groups: dict[str, list[str]] = {}
         for n in names:
-            groups.setdefault(presets.feature_key(presets.resolve(n)["extractor"]), []).append(n)
+            groups.setdefault(presets.extractor_settings_key(presets.resolve(n)["extractor"]), []).append(n)
         results = {}
         for key, group in groups.items():
             cheap = presets.resolve(group[0])["extractor"]["model"] == "sift" or on_gpu

@@ -59,7 +59,7 @@ def feature_key(conf: dict, runtime: str = "torch") -> str:
 def verdict_key(conf: dict, runtime: str = "torch") -> str:
     """Cache key of a pair verdict: the features, the matches and the geometric model."""
     name = "+".join(conf[stage]["name"] for stage in presets.STAGES)
-    return presets.settings_key(name, {"settings": presets.verdict_key(conf), "layout": VERDICT_SCHEMA,
+    return presets.settings_key(name, {"settings": presets.verdict_settings_key(conf), "layout": VERDICT_SCHEMA,
                                        **provenance(conf, runtime)})
 
 

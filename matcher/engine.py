@@ -98,7 +98,7 @@ class Engine:
     @property
     def settings_key(self) -> str:
         """The verdicts' settings (what a calibration is fitted for), without the software versions."""
-        return presets.verdict_key(self.conf)
+        return presets.verdict_settings_key(self.conf)
 
     # -- images and features -------------------------------------------------------------------
 

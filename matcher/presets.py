@@ -93,6 +93,17 @@ PIPELINES: dict[str, dict] = {
 
 DEFAULT_PIPELINE = "disk-mnn"
 
+# The pretrained network file of each model, from its ``weights`` (or ``features``) setting: the one place these
+# file names are spelt (the extractors, LightGlue, the weights' digest in cache keys and the submission zip read it).
+WEIGHT_FILES = {"disk": "disk-{weights}-save.pth", "aliked": "{weights}.pth", "lightglue": "{features}_lightglue.pth"}
+
+
+def weights_file(stage_conf: dict) -> str | None:
+    """The pretrained network file a stage's settings (an extractor's or a matcher's) load; None: none."""
+    pattern = WEIGHT_FILES.get(stage_conf.get("model", ""))
+    return pattern.format(**stage_conf) if pattern else None
+
+
 # Detector-free matchers (see matcher/pairs/loftr.py). They find correspondences from both
 # images at once, so they do not fit the extractor + matcher stages of a pipeline
 # preset; they serve an expensive re-verification stage. The weights are supplied by
@@ -222,12 +233,14 @@ def variant(pipeline: str, overrides: list[str]) -> str:
     return name
 
 
-def feature_key(conf: dict) -> str:
-    """Cache key part for an extractor's settings."""
+def extractor_settings_key(conf: dict) -> str:
+    """The settings key of an extractor's settings (a digest of them alone; the cache key of its features,
+    :func:`matcher.cache.feature_key`, adds the software, the weights and the runtime)."""
     return settings_key(conf["name"], conf)
 
 
-def verdict_key(conf: dict) -> str:
-    """Cache key part for a pair verdict: what produced the features, the matches and the model."""
+def verdict_settings_key(conf: dict) -> str:
+    """The settings key of a pair verdict: the settings that produced the features, the matches and the model
+    (what a calibration or a pair model is fitted for; :func:`matcher.cache.verdict_key` adds the software)."""
     parts = {"extractor": conf["extractor"], "matcher": conf["matcher"], "verifier": conf["verifier"]}
     return settings_key(f"{conf['extractor']['name']}+{conf['matcher']['name']}+{conf['verifier']['name']}", parts)

@@ -71,7 +71,7 @@ def codebook_dir(whales, tmp_path_factory):
     ex = features.build(conf["extractor"])
     descs = [ex.extract([images.load(root / p)])[0]["descriptors"] for p in meta["path"]]
     book = codebook.build_codebook_from_features(descs, k=32, per_image=200, iters=8, seed=0,
-                                           info={"extractor": presets.feature_key(conf["extractor"])})
+                                           info={"extractor": presets.extractor_settings_key(conf["extractor"])})
     folder = tmp_path_factory.mktemp("weights")
     book.save(folder / "codebook-test.json")
     return folder

@@ -115,9 +115,9 @@ def test_bundled_calibration_is_monotone_and_matches_the_default_preset():
     cal = calib.Calibration.load(BUNDLED)
     conf = presets.resolve("disk-mnn")
     assert cal.preset == "disk-mnn"
-    if cal.settings_key != presets.verdict_key(conf):
+    if cal.settings_key != presets.verdict_settings_key(conf):
         pytest.fail(f"{BUNDLED.name} was fitted for settings {cal.settings_key}, but disk-mnn is now "
-                    f"{presets.verdict_key(conf)}: rebuild it with `make calibrate`")
+                    f"{presets.verdict_settings_key(conf)}: rebuild it with `make calibrate`")
     loaded, why = calib.for_preset(conf)
     assert loaded is not None, why
     p = cal.probability(np.linspace(0, 1000, 5001))
@@ -153,7 +153,7 @@ def test_calibrate_command_fits_on_a_labelled_catalogue_split_by_whale(tmp_path,
     text = capsys.readouterr().out
     assert "ECE" in text and "Brier" in text
     cal = calib.Calibration.load(output)
-    assert cal.preset == PRESET and cal.settings_key == presets.verdict_key(presets.resolve(PRESET))
+    assert cal.preset == PRESET and cal.settings_key == presets.verdict_settings_key(presets.resolve(PRESET))
     p = cal.probability(np.linspace(0, 400, 801))
     assert np.all(np.diff(p) >= 0) and 0 <= p.min() and p.max() <= 1
     assert cal.fit["positives"] > 0 and cal.fit["negatives"] > 0 and cal.heldout["pairs"] > 0

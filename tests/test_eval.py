@@ -34,8 +34,8 @@ def test_set_override_registers_a_variant_with_its_own_cache_keys():
     assert name == "disk-mnn[verifier.threshold=3,extractor.max_keypoints=2048]"
     assert conf["verifier"]["threshold"] == 3 and conf["extractor"]["max_keypoints"] == 2048
     assert conf["matcher"] == base["matcher"]  # untouched stages keep their names and entries
-    assert presets.feature_key(conf["extractor"]) != presets.feature_key(base["extractor"])
-    assert presets.verdict_key(conf) != presets.verdict_key(base)
+    assert presets.extractor_settings_key(conf["extractor"]) != presets.extractor_settings_key(base["extractor"])
+    assert presets.verdict_settings_key(conf) != presets.verdict_settings_key(base)
     assert presets.resolve("disk-mnn") == base  # the preset itself is unchanged
     assert presets.variant("disk-mnn", []) == "disk-mnn"
     assert presets.parse_override("matcher.features=disk") == ("matcher", "features", "disk")

@@ -333,7 +333,7 @@ def test_flat_image_has_no_keypoints_and_scores_zero_through_matching_and_ransac
     f_flat, f_tex = ex.extract([flat, textured_image(4)])
     assert len(f_flat["keypoints"]) == 0 and f_flat["descriptors"].shape == (0, 128)
     assert len(f_tex["keypoints"]) > 100
-    verifier = PairVerifier(conf, "cpu", VerdictStore(tmp_path / "pairs.sqlite", presets.verdict_key(conf)))
+    verifier = PairVerifier(conf, "cpu", VerdictStore(tmp_path / "pairs.sqlite", presets.verdict_settings_key(conf)))
     for a, b in ((f_flat, f_tex), (f_tex, f_flat), (f_flat, f_flat)):
         v = verifier.verify_pair(a, b)
         assert v["n_matches"] == 0 and v["n_inliers"] == 0 and v["score"] == 0.0 and v["model"] is None

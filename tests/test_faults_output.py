@@ -268,7 +268,7 @@ def test_disk_lightglue_and_aliked_build_offline_and_handle_an_image_without_tex
     for f in (f_img, f_warp, f_flat):
         assert len(f["keypoints"]) == len(f["descriptors"]) == len(f["scores"])
         assert np.isfinite(f["keypoints"]).all()
-    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)))
+    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_settings_key(conf)))
     same = verifier.verify_pair(f_img, f_warp)
     assert same["n_inliers"] >= 20 and same["score"] > 0.5
     empty = {**f_flat, "keypoints": f_flat["keypoints"][:0], "descriptors": f_flat["descriptors"][:0],

@@ -40,7 +40,8 @@ def test_runtimes_never_share_a_cache_entry():
     assert cache.feature_key(conf) == cache.feature_key(conf, "torch")  # PyTorch's keys stay what they were
     assert cache.feature_key(conf, "onnxruntime") != cache.feature_key(conf)
     assert cache.verdict_key(conf, "onnxruntime") != cache.verdict_key(conf)
-    assert presets.verdict_key(conf) == presets.verdict_key(presets.resolve("disk-mnn"))  # models stay valid
+    # the models fitted on the settings stay valid
+    assert presets.verdict_settings_key(conf) == presets.verdict_settings_key(presets.resolve("disk-mnn"))
 
 
 @pytest.fixture(scope="module")

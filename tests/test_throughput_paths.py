@@ -54,12 +54,13 @@ def test_batched_concurrent_path_gives_the_one_pair_at_a_time_verdicts(tmp_path,
     assert not bad
     if conf["extractor"]["model"] == "disk":
         assert stage.extractor.batch_for((640, 224)) > 1  # the batched path is the one exercised
-    store = VerdictStore(tmp_path / "pairs.sqlite", presets.verdict_key(conf))
+    store = VerdictStore(tmp_path / "pairs.sqlite", presets.verdict_settings_key(conf))
     verdicts = PairVerifier(conf, "cpu", store, workers=2, progress=False, item_pairs=2)(pairs, feats)
 
     # the straightforward way: each pair alone, each image decoded and extracted alone
     single_ex = features.build(conf["extractor"], "cpu", batch_size=1)
-    single = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)), workers=1, progress=False)
+    single = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_settings_key(conf)), workers=1,
+                          progress=False)
     related = 0
     for a, b in sorted(pairs):
         fa = single_ex.extract([images.load(sha_paths[a])])[0]
@@ -173,11 +174,12 @@ def test_gpu_mode_pipeline_on_the_cpu_gives_the_one_pair_verdicts(tmp_path, monk
                                        int(3 * one_image))
     assert len(blocks) > 1  # the bank is built block by block
 
-    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)), workers=2, progress=False,
-                            item_pairs=2)
+    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_settings_key(conf)), workers=2,
+                            progress=False, item_pairs=2)
     verifier.batched_matching = True
     verdicts = verifier(pairs, feats)
-    single = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)), workers=1, progress=False)
+    single = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_settings_key(conf)), workers=1,
+                          progress=False)
     assert verdicts.keys() == pairs
     for a, b in pairs:
         alone = single.verify_pair(feats[a], feats[b])

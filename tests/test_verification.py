@@ -19,7 +19,7 @@ def _verify_pair(preset: str, img0, img1) -> dict:
     conf = presets.resolve(preset)
     ex = features.build(conf["extractor"], "cpu")
     f0, f1 = ex.extract([img0, img1])
-    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_key(conf)))
+    verifier = PairVerifier(conf, "cpu", VerdictStore(None, presets.verdict_settings_key(conf)))
     return verifier.verify_pair(f0, f1, keep_inliers=True), f0, f1
 
 
@@ -90,8 +90,8 @@ def test_extra_detection_scale_matches_a_tighter_crop():
         assert np.array_equal(m["keypoints"][: len(s["keypoints"])], s["keypoints"])
         assert np.array_equal(m["descriptors"][: len(s["descriptors"])], s["descriptors"])
         assert len(s["keypoints"]) < len(m["keypoints"]) <= len(s["keypoints"]) + 512
-    v_single = PairVerifier(single, "cpu", VerdictStore(None, presets.verdict_key(single))).verify_pair(s0, s1)
-    v_multi = PairVerifier(multi, "cpu", VerdictStore(None, presets.verdict_key(multi))).verify_pair(
+    v_single = PairVerifier(single, "cpu", VerdictStore(None, presets.verdict_settings_key(single))).verify_pair(s0, s1)
+    v_multi = PairVerifier(multi, "cpu", VerdictStore(None, presets.verdict_settings_key(multi))).verify_pair(
         m0, m1, keep_inliers=True)
     assert v_multi["n_inliers"] > 1.2 * v_single["n_inliers"]
     # the crop's coarse-scale keypoints take part, and they sit where the known map puts them

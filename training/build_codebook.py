@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         paths, bad = challenge.image_paths(challenge.image_ids())
         shas, _ = engine.prepare(paths, bad)
         order = sorted(set(shas.values()))
-        info = {"extractor": presets.feature_key(engine.conf["extractor"]), "images": len(order),
+        info = {"extractor": presets.extractor_settings_key(engine.conf["extractor"]), "images": len(order),
                 "version": args.version, "built_from": "labelled development scenarios (images only, no labels)"}
         book = build_codebook_from_features([engine.feature(s)["descriptors"] for s in order], args.k,
                                             args.per_image, args.iters, args.seed, info)

@@ -138,7 +138,7 @@ class GlobalStage:
                 self.conf = dict(presets.GLOBAL_DESCRIPTORS["none"])
             else:
                 self.codebook = Codebook.load(path)
-                made_for = presets.feature_key(engine.conf["extractor"])
+                made_for = presets.extractor_settings_key(engine.conf["extractor"])
                 if self.codebook.info.get("extractor") not in (None, made_for):
                     log.warning("stage 0: codebook %s was built for %s, not %s", path.name,
                                 self.codebook.info.get("extractor"), made_for)

@@ -321,7 +321,7 @@ def for_preset(conf: dict, path: Path | None = None) -> tuple[Calibration | None
     if not explicit and not path.is_file():
         return None, f"no calibration for preset {conf['name']} ({path.name}); run `whalematch calibrate`"
     cal = Calibration.load(path)
-    key = presets.verdict_key(conf)
+    key = presets.verdict_settings_key(conf)
     if cal.settings_key != key:
         msg = (f"{path}: calibration made for {cal.preset} settings {cal.settings_key}, not for {conf['name']} "
                f"settings {key}; refit it with `whalematch calibrate`")

@@ -152,7 +152,7 @@ class Change:
 
 
 @dataclass
-class Plan:
+class ChangePlan:
     changes: list[Change] = field(default_factory=list)  # what the new catalogue changes, in order
     notes: list[Change] = field(default_factory=list)  # decisions that change nothing, and why
     merged: dict[str, str] = field(default_factory=dict)  # whale id -> the id kept for it
@@ -271,11 +271,11 @@ def _same_bytes(a: Path, b: Path) -> bool:
         return False
 
 
-def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path], sources: list[Path] = ()) -> Plan:
+def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path], sources: list[Path] = ()) -> ChangePlan:
     """What the decisions change in the catalogue; :class:`DataError` listing every unknown image, every new photo
     that is refused (see :meth:`Resolver.refusal`; ``sources``: the ``--new-photos`` folders) and every
     contradiction (nothing is changed then)."""
-    plan = Plan(counts=Counter(d.decision or "comment only" for d in decisions))
+    plan = ChangePlan(counts=Counter(d.decision or "comment only" for d in decisions))
     resolve = Resolver(cat, bases, sources)
     problems: list[str] = []
     pairs: dict[frozenset, list[tuple[Decision, Ref, Ref]]] = defaultdict(list)
@@ -440,7 +440,7 @@ def _inside(path: Path, folder: Path) -> str | None:
     return None if rel == ".." or rel.startswith(".." + os.sep) or os.path.isabs(rel) else Path(rel).as_posix()
 
 
-def apply(plan: Plan, cat: Catalogue, output: Path, photo_dir: Path) -> pd.DataFrame:
+def apply(plan: ChangePlan, cat: Catalogue, output: Path, photo_dir: Path) -> pd.DataFrame:
     """The new metadata table: whale ids merged and assigned, a row per new photo (to be copied into ``photo_dir``
     by :func:`write` when outside the new file's folder: ``plan.copies``), paths relative to ``output``'s folder."""
     out_dir = Path(output).parent
@@ -524,7 +524,7 @@ def _writable_folder(path: Path) -> str | None:
     return None
 
 
-def check_outputs(output: Path, log_path: Path, backup: Path | None, inputs: list[Path], plan: Plan) -> None:
+def check_outputs(output: Path, log_path: Path, backup: Path | None, inputs: list[Path], plan: ChangePlan) -> None:
     """Refuse, before anything is written, outputs that cannot be written or would destroy another file: the log
     as the metadata, its backup or an input; a folder where a file goes; a folder that cannot be written."""
     problems = []
@@ -550,7 +550,7 @@ def check_outputs(output: Path, log_path: Path, backup: Path | None, inputs: lis
         raise DataError(_problems("outputs that cannot be written", problems))
 
 
-def write(table: pd.DataFrame, plan: Plan, output: Path, log_path: Path, backup: Path | None = None) -> None:
+def write(table: pd.DataFrame, plan: ChangePlan, output: Path, log_path: Path, backup: Path | None = None) -> None:
     """The new photos copied (``plan.copies``), then the log of changes, then (``backup``: a copy of the file it
     replaces, made first) the new metadata, each file written atomically. Check the outputs first
     (:func:`check_outputs`): a failure here leaves the old metadata in place."""

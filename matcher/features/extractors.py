@@ -33,6 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
+from .. import presets
 from ..io import device as devices
 from ..io import weights
 from ..io.images import working_size
@@ -240,7 +241,7 @@ class DiskExtractor(TorchExtractor):
         return 1 if self.runtime != "torch" and not self.fixed_batch else super().batch_for(size)
 
     def weights_file(self) -> str:
-        return f"disk-{self.conf['weights']}-save.pth"
+        return presets.weights_file(self.conf)
 
     def _build(self):
         from kornia.feature import DISK
@@ -283,7 +284,7 @@ class AlikedExtractor(TorchExtractor):
             max_num_keypoints=self.conf["max_keypoints"],
             detection_threshold=self.conf["detection_threshold"],
         )
-        weights.load_weights_into(model, weights.load(f"{self.conf['weights']}.pth"), "ALIKED")
+        weights.load_weights_into(model, weights.load(presets.weights_file(self.conf)), "ALIKED")
         return model
 
     def _forward(self, model, x, n):  # the keypoint count is the model's own (extra scales are refused)

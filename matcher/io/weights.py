@@ -55,15 +55,9 @@ def digest_for(conf: dict) -> dict[str, str]:
 
 def files_for(conf: dict) -> list[str]:
     """Weight files a resolved pipeline preset (or its ``extractor`` / ``matcher`` part alone) needs."""
-    ex, m = conf.get("extractor", {}), conf.get("matcher", {})
-    files = []
-    if ex.get("model") == "disk":
-        files.append(f"disk-{ex['weights']}-save.pth")
-    elif ex.get("model") == "aliked":
-        files.append(f"{ex['weights']}.pth")
-    if m.get("model") == "lightglue":
-        files.append(f"{m['features']}_lightglue.pth")
-    return files
+    from ..presets import weights_file
+
+    return [f for f in (weights_file(conf.get(stage, {})) for stage in ("extractor", "matcher")) if f]
 
 
 def project_dirs() -> list[Path]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import presets
 from ..io import weights
 from .mnn import empty, sort_matches
 
@@ -29,15 +30,13 @@ class LightGlueMatcher:
     pair's matches would depend on its batch-mates.
     """
 
-    WEIGHT_FILES = {"disk": "disk_lightglue.pth", "aliked": "aliked_lightglue.pth"}
-
     def __init__(self, conf: dict, device: str = "cpu"):
         from kornia.feature import LightGlue
 
         features = conf["features"]
         lg_conf = {**LightGlue.features[features], "weights": None, "filter_threshold": conf["filter_threshold"]}
         self.model = LightGlue(features=None, **lg_conf)
-        state = weights.load(self.WEIGHT_FILES[features])
+        state = weights.load(presets.weights_file(conf))
         for i in range(self.model.conf.n_layers):  # names of the original release, as kornia renames them
             state = {k.replace(f"self_attn.{i}", f"transformers.{i}.self_attn"): v for k, v in state.items()}
             state = {k.replace(f"cross_attn.{i}", f"transformers.{i}.cross_attn"): v for k, v in state.items()}
