@@ -193,3 +193,27 @@ def test_rerank_on_the_top_candidates_only(toy_run):
         subs[top], pairs[top] = submission_rows(data, result), engine.verified()
     assert subs[None].equals(subs[100]) and pairs[None] == pairs[100]
     assert pairs[3] < pairs[None]
+
+
+def test_direct_rows_rank_each_group_by_its_scores_and_classifiers_fit_the_same_rows(toy_run):
+    """train_ranker's pair classifiers rank the very rows the ranker is trained on: each query's candidates by
+    score, at most 20, scores strictly decreasing; the classifier with the relative features reads them all."""
+    from training import train_ranker
+
+    root, tmp, engine, photos, _ = toy_run
+    groups = train_ranker.build_groups([root], engine, photos, seed=0, blank_share=0.0)
+    assert not groups.blanked.any() and len(groups.candidate) == len(groups.rows)
+    strength = train_ranker.strength_score(groups, engine)
+    sub = train_ranker.direct_rows(groups, strength)
+    for q, g in sub.groupby("query_id", sort=False):
+        idx = np.flatnonzero(groups.query == f"{root.name}/{q}")
+        best = groups.candidate[idx[np.argsort(-strength[idx], kind="stable")]][: len(g)]
+        assert g["database_image_id"].tolist() == best.tolist() and len(g) <= 20
+        scores = g["score"].to_numpy()
+        assert (np.diff(scores[scores > 0]) < 0).all()  # strictly decreasing; only rows without evidence tie at 0
+        by_id = dict(zip(groups.candidate[idx], strength[idx]))
+        assert all((sc > 0) == (by_id[c] > 0) for c, sc in zip(g["database_image_id"], scores))
+    full = train_ranker.fit_classifier(groups, 0)
+    assert full.num_feature() == len(ranking.feature_names())
+    pair_only = train_ranker.fit_classifier(groups, 0, len(ranking.feature_names()) - len(ranking.RELATIVE))
+    assert pair_only.num_feature() == len(ranking.feature_names()) - len(ranking.RELATIVE)

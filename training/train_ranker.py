@@ -70,24 +70,27 @@ class Groups:
     query_whale: np.ndarray  # (n,)
     candidate_whale: np.ndarray  # (n,)
     blanked: np.ndarray  # (n,) bool: metadata withheld for this group
+    candidate: np.ndarray  # (n,) the candidate's image id
     shas: set[str] = field(default_factory=set)  # the content hashes of the photos the groups hold
 
     def take(self, keep: np.ndarray) -> Groups:
         return Groups(*(a[keep] for a in (self.rows, self.label, self.query, self.query_whale, self.candidate_whale,
-                                          self.blanked)), self.shas)
+                                          self.blanked, self.candidate)), self.shas)
 
     def sizes(self) -> np.ndarray:
         _, first, counts = np.unique(self.query, return_index=True, return_counts=True)
         return counts[np.argsort(first)]
 
 
-def build_groups(roots: list[Path], engine: Engine, photos: dict, seed: int) -> Groups:
-    """The ranking groups of every query of the given challenge folders (see the module docstring)."""
+def build_groups(roots: list[Path], engine: Engine, photos: dict, seed: int, blank_share: float = BLANK_SHARE
+                 ) -> Groups:
+    """The ranking groups of every query of the given challenge folders (see the module docstring); a share
+    ``blank_share`` of them with the photos' metadata withheld."""
     rng = np.random.default_rng(seed)
     names = pair_features(True)
     meta = {i: {"date": p.date, "viewpoint": p.viewpoint} for i, p in photos.items()}
     whale = {i: p.whale_id for i, p in photos.items()}
-    parts = {k: [] for k in ("rows", "label", "query", "qw", "cw", "blank")}
+    parts = {k: [] for k in ("rows", "label", "query", "qw", "cw", "blank", "cand")}
     used: set[str] = set()
     for root in roots:
         data = layout.load(root)
@@ -99,7 +102,7 @@ def build_groups(roots: list[Path], engine: Engine, photos: dict, seed: int) -> 
             if not cands:
                 continue
             verdicts = engine.verdicts({canonical(shas[q], shas[c]) for c in cands})
-            blank = bool(rng.random() < BLANK_SHARE)
+            blank = bool(rng.random() < blank_share)
             qm = None if blank else meta[q]
             base = np.array([feature_row(verdicts[canonical(shas[q], shas[c])], qm, None if blank else meta[c], names)
                              for c in cands])
@@ -109,8 +112,9 @@ def build_groups(roots: list[Path], engine: Engine, photos: dict, seed: int) -> 
             parts["qw"].append(np.full(len(cands), whale[q], dtype=object))
             parts["cw"].append(np.array([whale[c] for c in cands], dtype=object))
             parts["blank"].append(np.full(len(cands), blank))
+            parts["cand"].append(np.array(cands, dtype=object))
     cat = {k: np.concatenate(v) for k, v in parts.items()}
-    return Groups(cat["rows"], cat["label"], cat["query"], cat["qw"], cat["cw"], cat["blank"], used)
+    return Groups(cat["rows"], cat["label"], cat["query"], cat["qw"], cat["cw"], cat["blank"], cat["cand"], used)
 
 
 def fit(groups: Groups, seed: int) -> str:
@@ -119,6 +123,40 @@ def fit(groups: Groups, seed: int) -> str:
 
     data = lightgbm.Dataset(groups.rows, groups.label.astype(int), group=groups.sizes())
     return lightgbm.train({**PARAMS, "seed": seed}, data, ROUNDS).model_to_string()
+
+
+def fit_classifier(groups: Groups, seed: int, columns: int | None = None) -> object:
+    """A pair classifier on the same rows (LightGBM, binary objective, the pair model's own parameters and
+    monotone constraints), on the first ``columns`` features (None: all, the relative ones too)."""
+    import lightgbm
+
+    from training import train_verifier
+
+    names = ranking.feature_names()[: columns or groups.rows.shape[1]]
+    params = {**train_verifier.PARAMS, "seed": seed,
+              "monotone_constraints": [int(n in train_verifier.INCREASING) for n in names]}
+    data = lightgbm.Dataset(groups.rows[:, : len(names)], groups.label.astype(int))
+    return lightgbm.train(params, data, train_verifier.ROUNDS)
+
+
+def strength_score(groups: Groups, engine: Engine) -> np.ndarray:
+    """The engine's score of each row's strength, ``s / (s + scale)``, in [0, 1) as the cascade writes it."""
+    s = groups.rows[:, ranking.feature_names().index("strength")].astype(np.float64)
+    return s / (s + float(engine.conf["verifier"]["score_scale"]))
+
+
+def direct_rows(groups: Groups, scores: np.ndarray) -> pd.DataFrame:
+    """Submission rows ranked by ``scores`` (in [0, 1]) over each group's candidates (every candidate verified,
+    no re-ranking: the order the cascade gives with these scores), query ids without their folder."""
+    from matcher.challenge.submission import SUBMISSION_COLUMNS, TOP_K, distinct_scores
+
+    rows = []
+    for q in dict.fromkeys(groups.query):
+        idx = np.flatnonzero(groups.query == q)
+        top = idx[np.argsort(-scores[idx], kind="stable")[:TOP_K]]
+        for c, sc in zip(groups.candidate[top], distinct_scores([float(v) for v in scores[top]])):
+            rows.append((q.split("/", 1)[1], c, sc))
+    return pd.DataFrame(rows, columns=SUBMISSION_COLUMNS)
 
 
 def digest(groups: Groups) -> str:
@@ -154,7 +192,8 @@ def variants(args) -> list[Variant]:
     """The default comparison (strength, ranker, ranker without metadata, every candidate verified), and what
     ``--rerank-top`` and ``--shortlists`` add."""
     out = [Variant("strength", "strength"), Variant("ranker"), Variant("ranker, metadata withheld",
-                                                                      withhold_metadata=True)]
+                                                                      withhold_metadata=True),
+           Variant("shipped pair model (in sample: fitted on every photo)", "learned")]
     for top in args.rerank_top:
         out += [Variant(f"strength, re-ranked (top {top})", "strength", rerank_top=top),
                 Variant(f"ranker, re-ranked (top {top})", rerank_top=top)]
@@ -197,6 +236,7 @@ def out_of_fold(args, groups: Groups, engine: Engine, photos: dict, fold_of: dic
     wanted = variants(args)
     heads = fold_heads(args, photos, fold_of) if any(v.fold_head for v in wanted) else {}
     out = {}
+    extra = classifiers_out_of_fold(args, groups, engine, photos, fold_of) if args.classifiers else {}
     for root in roots:
         data = layout.load(root)
         meta = data.photo_metadata()
@@ -215,7 +255,31 @@ def out_of_fold(args, groups: Groups, engine: Engine, photos: dict, fold_of: dic
                 parts.append(rank_queries(engine, data, mine, settings, blank if v.withhold_metadata else meta))
             out[root][v.label] = pd.concat(parts, ignore_index=True)
             log.info("%s: %s ranked", root.name, v.label)
+    out[args.large].update(extra)
     return out
+
+
+def classifiers_out_of_fold(args, groups: Groups, engine: Engine, photos: dict, fold_of: dict
+                            ) -> dict[str, pd.DataFrame]:
+    """The large benchmark ranked out of fold by pair classifiers trained on the ranker's own rows: the pair
+    model's recipe on its features, and on the ranker's (with the relative ones), each trained without the
+    fold's whales; and by the strength read from the same rows (a check against the cascade's ranking)."""
+    evaluate = build_groups([args.large], engine, photos, args.seed, blank_share=0.0)
+    n_pair = len(pair_features(True))
+    names = ranking.feature_names()
+    scores = {"pair classifier (pair model's recipe and features), out of fold": np.zeros(len(evaluate.rows)),
+              "pair classifier with the relative features, out of fold": np.zeros(len(evaluate.rows)),
+              "strength (read from the same rows)": strength_score(evaluate, engine)}
+    for f in sorted(set(fold_of.values())):
+        keep = np.array([fold_of[w] != f for w in groups.query_whale]) & \
+            np.array([fold_of[w] != f for w in groups.candidate_whale])
+        train = groups.take(keep)
+        mine = np.array([fold_of[w] == f for w in evaluate.query_whale])
+        for label, columns in zip(list(scores)[:2], (n_pair, None)):
+            model = fit_classifier(train, args.seed, columns)
+            scores[label][mine] = model.predict(evaluate.rows[mine][:, : columns or len(names)])
+        log.info("fold %d: pair classifiers trained", f)
+    return {label: direct_rows(evaluate, s) for label, s in scores.items()}
 
 
 def by_kind(table: pd.DataFrame) -> dict[str, tuple[int, float]]:
@@ -273,6 +337,9 @@ def main(argv=None) -> int:
     p.add_argument("--shortlists", type=int, action="append", default=[],
                    help="also rank with stage 1 on the top K1 stage-0 candidates only, of ASMK and of the learned "
                         "head (trained without the fold's whales) (repeatable)")
+    p.add_argument("--classifiers", action="store_true",
+                   help="also rank the large benchmark out of fold by pair classifiers (binary objective) trained "
+                        "on the same rows: with the pair model's features, and with the relative ones too")
     p.add_argument("--out", type=Path, default=None, help="where to write the shipped ranker (default: nowhere)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-oof", action="store_true", help="ship without the out-of-fold figures")

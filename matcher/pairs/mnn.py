@@ -150,8 +150,9 @@ def mutual_nn_batch(
     to :func:`padded_length`, and those of equal padded length matched ``chunk`` at a time (by default as many
     as the memory cap allows) in one batched float32 product.
     """
-    if not devices.is_cuda(device):
-        return [mutual_nn(desc0, d, min_similarity) for d in others]
+    if not devices.is_cuda(device):  # the first set converted to float32 once for all its pairs (same values)
+        d0 = np.ascontiguousarray(desc0, np.float32)
+        return [mutual_nn(d0, d, min_similarity) for d in others]
     import torch
 
     results: list = [None] * len(others)
