@@ -274,148 +274,182 @@ def _same_bytes(a: Path, b: Path) -> bool:
 def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path], sources: list[Path] = ()) -> ChangePlan:
     """What the decisions change in the catalogue; :class:`DataError` listing every unknown image, every new photo
     that is refused (see :meth:`Resolver.refusal`; ``sources``: the ``--new-photos`` folders) and every
-    contradiction (nothing is changed then)."""
-    plan = ChangePlan(counts=Counter(d.decision or "comment only" for d in decisions))
-    resolve = Resolver(cat, bases, sources)
-    problems: list[str] = []
-    pairs: dict[frozenset, list[tuple[Decision, Ref, Ref]]] = defaultdict(list)
-    for d in decisions:
-        c = resolve(d.candidate)
-        q = resolve(d.query)
-        if c is None or c.new:
-            problems.append(f"{d.where}: candidate_image {shorten(d.candidate)!r} is not an image of {cat.path}")
-            continue
-        if q is None:
-            problems.append(f"{d.where}: query_image {shorten(d.query)!r} is neither an image id of {cat.path} nor an "
-                            f"image file (looked in {', '.join(str(b) for b in resolve.bases)})")
-            continue
-        why = resolve.refusal(q.file) if q.new and d.decision == SAME else None
-        if why:
-            problems.append(f"{d.where}: query_image {shorten(d.query)!r} refused: {why}")
-            continue
-        shown, actual = d.candidate_whale, cat.photos[c.image_id].whale_id
-        if shown and shown != actual:
-            plan.notes.append(Change("no change", c.image_id, shown, actual, d.where,
-                                     f"the page showed whale {shown}, the catalogue says {actual!r}: the catalogue's "
-                                     "label is used"))
-        if d.decision not in (SAME, DIFFERENT):
-            continue
-        if q == c:
-            plan.notes.append(Change("no change", c.image_id, "", "", d.where, "a photo decided against itself"))
-            continue
-        pairs[frozenset((q, c))].append((d, q, c))
-    if problems:
-        raise DataError(_problems("unknown or refused images", problems))
+    contradiction (nothing is changed then). The steps, in order: :class:`_Planning`'s methods."""
+    steps = _Planning(cat, Resolver(cat, bases, sources), ChangePlan(counts=Counter(d.decision or "comment only"
+                                                                                    for d in decisions)))
+    same, different = steps.split(steps.pairs(decisions))
+    steps.merges(same)
+    steps.loose_photos(same)
+    steps.check_different(different)
+    steps.record()
+    return steps.plan
 
-    def whale(ref: Ref) -> str:
-        return "" if ref.new else cat.photos[ref.image_id].whale_id
 
-    same, different = [], []
-    for group in pairs.values():
-        kinds = {d.decision for d, _, _ in group}
-        if kinds == {SAME, DIFFERENT}:
-            q, c = group[0][1], group[0][2]
-            said = {k: _where(d for d, _, _ in group if d.decision == k) for k in kinds}
-            problems.append(f"{q.name()} and {c.name()} are decided same ({said[SAME]}) and different "
-                            f"({said[DIFFERENT]})")
-            continue
-        (same if SAME in kinds else different).append(group)
+class _Planning:
+    """The steps of :func:`plan_changes` and what they share: the catalogue, the plan being made and the problems
+    found so far (each step that can find problems raises them all at its end, with the earlier ones)."""
 
-    # merges: same whale decided for photos of two whales
-    merges = _Union()
-    edges = []
-    for group in same:
-        d, q, c = group[0]
-        wq, wc = whale(q), whale(c)
-        if wq and wc and wq != wc:
-            merges.join(wq, wc)
-            edges.extend((wq, wc, g[0]) for g in group)
-        elif wq and wq == wc:
-            plan.notes.append(Change("no change", q.image_id, wq, wq, _where(g[0] for g in group),
-                                     f"confirms the label: same whale as {c.image_id}"))
-    counts = cat.whale_counts()
-    components = defaultdict(set)
-    for w in list(merges.parent):
-        components[merges.find(w)].add(w)
-    for ws in components.values():
-        kept = min(ws, key=lambda w: (-counts[w], w))
-        for w in ws - {kept}:
-            plan.merged[w] = kept
+    def __init__(self, cat: Catalogue, resolve: Resolver, plan: ChangePlan):
+        self.cat, self.resolve, self.plan = cat, resolve, plan
+        self.problems: list[str] = []
+        self.edges: list[tuple[str, str, Decision]] = []  # whale ids decided the same, with the decision
+        self.loose = _Union()  # photos without a whale id, joined by same decisions
+        self.links: dict[Ref, dict[str, list[Decision]]] = defaultdict(lambda: defaultdict(list))
+        self.assigned: dict[Ref, str] = {}  # photo without a whale id -> the whale it is decided to be
 
-    def final(w: str) -> str:
-        return plan.merged.get(w, w)
+    def whale(self, ref: Ref) -> str:
+        return "" if ref.new else self.cat.photos[ref.image_id].whale_id
 
-    # photos without a whale id: joined to each other by same decisions, and to whales
-    loose = _Union()
-    links: dict[Ref, dict[str, list[Decision]]] = defaultdict(lambda: defaultdict(list))
-    for group in same:
-        d, q, c = group[0]
-        wq, wc = whale(q), whale(c)
-        if not wq and not wc:
-            loose.join(q, c)
-    for group in same:
-        d, q, c = group[0]
-        wq, wc = whale(q), whale(c)
-        for a, wb in ((q, wc), (c, wq)):
-            if not whale(a) and wb:
-                links[loose.find(a)][final(wb)].extend(g[0] for g in group)
-    members = defaultdict(set)
-    for group in same:
-        for ref in (group[0][1], group[0][2]):
-            if not whale(ref):
-                members[loose.find(ref)].add(ref)
-    assigned: dict[Ref, str] = {}
-    for root, refs in members.items():
-        found = links.get(root, {})
-        names = ", ".join(sorted(r.name() for r in refs))
-        if len(found) > 1:
-            problems.append(f"{names} (no whale id) is decided the same as " + " and as ".join(
-                f"whale {w} ({_where(ds)})" for w, ds in sorted(found.items())) +
-                "; decide two photos of those whales the same to merge them first")
-        elif not found:
-            plan.notes.append(Change("no change", names, "", "", "", "decided the same only as photos without a "
-                                     "whale id: nothing to assign"))
-        else:
-            w = next(iter(found))
-            for r in refs:
-                assigned[r] = w
-    # different: a contradiction when the decisions put the two photos' whales together
-    for group in different:
-        d, q, c = group[0]
-        rows = _where(g[0] for g in group)
-        wq, wc = whale(q), whale(c)
-        fq = final(wq) if wq else assigned.get(q, "")
-        fc = final(wc) if wc else assigned.get(c, "")
-        together = (fq and fq == fc) or (not wq and not wc and loose.find(q) == loose.find(c))
-        if wq and wq == wc:
-            plan.notes.append(Change("no change", f"{q.image_id} / {c.image_id}", wq, wq, rows,
-                                     f"both labelled {wq} but decided different: one label may be wrong; not changed"))
-        elif together:
-            why = (f"merges join {wq} and {wc} ({_where(_path_of_edges(edges, wq, wc))})" if wq and wc else
-                   f"the decisions make both whale {fq or 'one whale'}")
-            problems.append(f"{q.name()} and {c.name()} are decided different ({rows}), but {why} (a photo under "
-                            "the wrong whale id is corrected by hand in the metadata, not by merging)")
-        else:
-            plan.notes.append(Change("no change", q.name(), fq, fq, rows, f"different from {c.name()}"))
-    if problems:
-        raise DataError(_problems("contradictory decisions", problems))
+    def final(self, w: str) -> str:
+        return self.plan.merged.get(w, w)
 
-    for w, kept in sorted(plan.merged.items()):
-        ds = _path_of_edges(edges, w, kept)
-        detail = (f"whales {w} and {kept} decided the same; kept {kept} ({counts[kept]} photos) over {w} "
-                  f"({counts[w]} photos{', a tie: the smaller id is kept' if counts[w] == counts[kept] else ''})")
-        for p in cat.photos.values():
-            if p.whale_id == w:
-                plan.changes.append(Change("merge", p.id, w, kept, _where(ds), detail))
-    for ref, w in sorted(assigned.items(), key=lambda kv: kv[0].name()):
-        ds = [d for root in [loose.find(ref)] for d in links[root][w]]
-        views = {cat.photos[d_ref].viewpoint for d_ref in _partners(ds, resolve, cat)}
-        if ref.new:
-            plan.new_photos.append(NewPhoto(ref.file, w, "top" if views == {"top"} else "", [d.where for d in ds]))
-        else:
-            plan.labels[ref.image_id] = w
-            plan.changes.append(Change("label", ref.image_id, "", w, _where(ds), f"decided the same as whale {w}"))
-    return plan
+    def pairs(self, decisions: list[Decision]) -> list[list[tuple[Decision, Ref, Ref]]]:
+        """1. Each decision's two photos resolved (unknown and refused ones are the problems raised here); the
+        same or different decisions grouped by unordered pair; notes for the rest."""
+        cat, resolve, plan = self.cat, self.resolve, self.plan
+        pairs: dict[frozenset, list[tuple[Decision, Ref, Ref]]] = defaultdict(list)
+        for d in decisions:
+            c = resolve(d.candidate)
+            q = resolve(d.query)
+            if c is None or c.new:
+                self.problems.append(f"{d.where}: candidate_image {shorten(d.candidate)!r} is not an image of "
+                                     f"{cat.path}")
+                continue
+            if q is None:
+                self.problems.append(f"{d.where}: query_image {shorten(d.query)!r} is neither an image id of "
+                                     f"{cat.path} nor an image file (looked in "
+                                     f"{', '.join(str(b) for b in resolve.bases)})")
+                continue
+            why = resolve.refusal(q.file) if q.new and d.decision == SAME else None
+            if why:
+                self.problems.append(f"{d.where}: query_image {shorten(d.query)!r} refused: {why}")
+                continue
+            shown, actual = d.candidate_whale, cat.photos[c.image_id].whale_id
+            if shown and shown != actual:
+                plan.notes.append(Change("no change", c.image_id, shown, actual, d.where,
+                                         f"the page showed whale {shown}, the catalogue says {actual!r}: the "
+                                         "catalogue's label is used"))
+            if d.decision not in (SAME, DIFFERENT):
+                continue
+            if q == c:
+                plan.notes.append(Change("no change", c.image_id, "", "", d.where, "a photo decided against itself"))
+                continue
+            pairs[frozenset((q, c))].append((d, q, c))
+        if self.problems:
+            raise DataError(_problems("unknown or refused images", self.problems))
+        return list(pairs.values())
+
+    def split(self, pairs: list) -> tuple[list, list]:
+        """2. The pairs decided the same and those decided different; a pair decided both ways is a problem."""
+        same, different = [], []
+        for group in pairs:
+            kinds = {d.decision for d, _, _ in group}
+            if kinds == {SAME, DIFFERENT}:
+                q, c = group[0][1], group[0][2]
+                said = {k: _where(d for d, _, _ in group if d.decision == k) for k in kinds}
+                self.problems.append(f"{q.name()} and {c.name()} are decided same ({said[SAME]}) and different "
+                                     f"({said[DIFFERENT]})")
+                continue
+            (same if SAME in kinds else different).append(group)
+        return same, different
+
+    def merges(self, same: list) -> None:
+        """3. Whale ids decided the same, merged: each connected set keeps its id with the most photos."""
+        merges = _Union()
+        for group in same:
+            d, q, c = group[0]
+            wq, wc = self.whale(q), self.whale(c)
+            if wq and wc and wq != wc:
+                merges.join(wq, wc)
+                self.edges.extend((wq, wc, g[0]) for g in group)
+            elif wq and wq == wc:
+                self.plan.notes.append(Change("no change", q.image_id, wq, wq, _where(g[0] for g in group),
+                                              f"confirms the label: same whale as {c.image_id}"))
+        counts = self.cat.whale_counts()
+        components = defaultdict(set)
+        for w in list(merges.parent):
+            components[merges.find(w)].add(w)
+        for ws in components.values():
+            kept = min(ws, key=lambda w: (-counts[w], w))
+            for w in ws - {kept}:
+                self.plan.merged[w] = kept
+
+    def loose_photos(self, same: list) -> None:
+        """4. Photos without a whale id: joined to each other by same decisions, and each set to the one whale it
+        is decided the same as (two whales is a problem)."""
+        whale = self.whale
+        for group in same:
+            d, q, c = group[0]
+            if not whale(q) and not whale(c):
+                self.loose.join(q, c)
+        for group in same:
+            d, q, c = group[0]
+            wq, wc = whale(q), whale(c)
+            for a, wb in ((q, wc), (c, wq)):
+                if not whale(a) and wb:
+                    self.links[self.loose.find(a)][self.final(wb)].extend(g[0] for g in group)
+        members = defaultdict(set)
+        for group in same:
+            for ref in (group[0][1], group[0][2]):
+                if not whale(ref):
+                    members[self.loose.find(ref)].add(ref)
+        for root, refs in members.items():
+            found = self.links.get(root, {})
+            names = ", ".join(sorted(r.name() for r in refs))
+            if len(found) > 1:
+                self.problems.append(f"{names} (no whale id) is decided the same as " + " and as ".join(
+                    f"whale {w} ({_where(ds)})" for w, ds in sorted(found.items())) +
+                    "; decide two photos of those whales the same to merge them first")
+            elif not found:
+                self.plan.notes.append(Change("no change", names, "", "", "", "decided the same only as photos "
+                                              "without a whale id: nothing to assign"))
+            else:
+                w = next(iter(found))
+                for r in refs:
+                    self.assigned[r] = w
+
+    def check_different(self, different: list) -> None:
+        """5. Different decisions: a contradiction when the merges and assignments put the two photos' whales
+        together. Raises every problem found by the steps so far."""
+        for group in different:
+            d, q, c = group[0]
+            rows = _where(g[0] for g in group)
+            wq, wc = self.whale(q), self.whale(c)
+            fq = self.final(wq) if wq else self.assigned.get(q, "")
+            fc = self.final(wc) if wc else self.assigned.get(c, "")
+            together = (fq and fq == fc) or (not wq and not wc and self.loose.find(q) == self.loose.find(c))
+            if wq and wq == wc:
+                self.plan.notes.append(Change("no change", f"{q.image_id} / {c.image_id}", wq, wq, rows,
+                                              f"both labelled {wq} but decided different: one label may be wrong; "
+                                              "not changed"))
+            elif together:
+                why = (f"merges join {wq} and {wc} ({_where(_path_of_edges(self.edges, wq, wc))})" if wq and wc else
+                       f"the decisions make both whale {fq or 'one whale'}")
+                self.problems.append(f"{q.name()} and {c.name()} are decided different ({rows}), but {why} (a photo "
+                                     "under the wrong whale id is corrected by hand in the metadata, not by merging)")
+            else:
+                self.plan.notes.append(Change("no change", q.name(), fq, fq, rows, f"different from {c.name()}"))
+        if self.problems:
+            raise DataError(_problems("contradictory decisions", self.problems))
+
+    def record(self) -> None:
+        """6. The changes: every photo of a merged whale, every photo labelled, every new photo added."""
+        plan, cat, counts = self.plan, self.cat, self.cat.whale_counts()
+        for w, kept in sorted(plan.merged.items()):
+            ds = _path_of_edges(self.edges, w, kept)
+            detail = (f"whales {w} and {kept} decided the same; kept {kept} ({counts[kept]} photos) over {w} "
+                      f"({counts[w]} photos{', a tie: the smaller id is kept' if counts[w] == counts[kept] else ''})")
+            for p in cat.photos.values():
+                if p.whale_id == w:
+                    plan.changes.append(Change("merge", p.id, w, kept, _where(ds), detail))
+        for ref, w in sorted(self.assigned.items(), key=lambda kv: kv[0].name()):
+            ds = [d for root in [self.loose.find(ref)] for d in self.links[root][w]]
+            views = {cat.photos[d_ref].viewpoint for d_ref in _partners(ds, self.resolve, cat)}
+            if ref.new:
+                plan.new_photos.append(NewPhoto(ref.file, w, "top" if views == {"top"} else "", [d.where for d in ds]))
+            else:
+                plan.labels[ref.image_id] = w
+                plan.changes.append(Change("label", ref.image_id, "", w, _where(ds), f"decided the same as whale {w}"))
 
 
 def _partners(ds: list[Decision], resolve: Resolver, cat: Catalogue) -> list[str]:
