@@ -15,7 +15,7 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: help install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-global bench clean
+.PHONY: help install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-ranker train-global bench clean
 
 ## help: this list (from the comments above each target)
 help:
@@ -97,6 +97,16 @@ cascade:
 codebook:
 	$(PY) -m training.build_codebook --data-dir $(DEV_DIR) --cache-dir $(CACHE_DIR) --preset disk-mnn \
 		--k 1024 --per-image 256 --iters 20 --seed 0 --version 1 --out weights/codebook-disk-k1024-v1.json
+
+## train-ranker: retrain the ranker weights/ranker-PRESET.json (what --pair-score auto ranks with where it won) on
+##               every query of the large benchmark (LARGE_DIR; fixed seed), after measuring it out of fold (5 folds
+##               split by whale) against the strength, pair classifiers on the same rows, the shipped pair model and
+##               stage-0 shortlists of 100 and 200 (ASMK and the learned head, each fold's own); about an hour on
+##               2 cores with the features and the large benchmark's verdicts cached (make data-subset first)
+train-ranker:
+	$(PY) -m training.train_ranker --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --preset $(PRESET) \
+		--large $(LARGE_DIR) --large-labels $(LARGE_LABELS) --classifiers --shortlists 100 --shortlists 200 \
+		--seed 0 --out weights/ranker-$(PRESET).json
 
 ## train-verifier: retrain the learned pair model weights/pair-model-PRESET.json on every photo of CATALOGUE (fixed
 ##                 seed; features and verdicts cached in CACHE_DIR), with its out-of-fold figures (folds split by whale,

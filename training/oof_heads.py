@@ -50,6 +50,7 @@ class Photos:
     encounter: dict[str, str] = field(default_factory=dict)  # what cross-encounter training reads
     date: dict[str, str] = field(default_factory=dict)
     view: dict[str, str] = field(default_factory=dict)
+    features: str = ""  # the feature cache key the inputs were read under (extractor, runtime, software, weights)
 
     def group(self, image_id: str, by: str) -> str:
         """What a cross-encounter positive's two photos differ in: the encounter, or the view (top, lateral)."""
@@ -69,15 +70,16 @@ def load_photos(catalogue: Path, cache_dir: Path) -> Photos:
     inputs = {i: keypoint_inputs(engine.feature(s)).astype(np.float16) for i, s in shas.items()}
     return Photos(inputs, {i: photos[i].whale_id for i in inputs}, dict(shas),
                   {i: photos[i].encounter_id for i in inputs}, {i: photos[i].date for i in inputs},
-                  {i: photos[i].viewpoint for i in inputs})
+                  {i: photos[i].viewpoint for i in inputs}, engine.feature_key)
 
 
 def head_key(photos: Photos, excluded: set[str], seed: int, train: dict) -> str:
-    """What a head trained without ``excluded`` whales is made of, hashed: its photos, settings and seed."""
+    """What a head trained without ``excluded`` whales is made of, hashed: its photos, the features they were read
+    as (their cache key), settings and seed."""
     rows = "\n".join(f"{i},{photos.sha[i]},{photos.whale[i]}" for i in sorted(photos.inputs)
                      if photos.whale[i] not in excluded)
     text = json.dumps({"photos": hashlib.sha256(rows.encode()).hexdigest(), "conf": CONF, "train": train,
-                       "seed": seed}, sort_keys=True)
+                       "seed": seed, **({"features": photos.features} if photos.features else {})}, sort_keys=True)
     return "head-" + hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -75,6 +75,29 @@ class CascadeSettings:
     pilot2_s: float = 15.0  # seconds of stage-2 work timed before the plan is made (at most)
 
 
+@dataclass(frozen=True)
+class StageInput:
+    """Which order of a query's candidates a verification stage reads, and where its progress is kept: stage 1
+    reads the stage-0 order (``order0``; progress ``done1``), stage 2 the stage-1 order (``order1``; ``done2``)."""
+
+    number: int
+
+    def order(self, q: QueryState) -> np.ndarray:
+        return q.order0 if self.number == 1 else q.order1
+
+    def done(self, q: QueryState) -> int:
+        return q.done1 if self.number == 1 else q.done2
+
+    def reached(self, q: QueryState, n: int) -> None:
+        if self.number == 1:
+            q.done1 = n
+        else:
+            q.done2 = n
+
+
+STAGE1, STAGE2 = StageInput(1), StageInput(2)
+
+
 @dataclass
 class CascadeResult:
     plan: Plan | None
@@ -127,6 +150,15 @@ class Cascade:
         self.database_pairs = 0  # distinct database pairs (not query-database ones) of the re-ranked scenarios
         self.cut: list[str] = []
         self.plan: Plan | None = None
+        # set by prepare() and run(): the pair codes, the queries, and what the planner counts
+        self.stored_before: dict[str, bool] = {}
+        self.codes: PairCodes | None = None
+        self.queries: dict[str, QueryState] = {}
+        self.fixed_k1: int | None = None  # K1 given (or everything, without a budget); None: planned
+        self.fixed_k2: int | None = None
+        self.ks1 = np.zeros(0, np.int64)  # per stage-1 pair still to verify, the smallest K that needs it
+        self.ks2 = np.zeros(0, np.int64)
+        self.rerank_planned = 0  # the re-ranking's database pairs the plan counts as stage-1 work
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -200,13 +232,12 @@ class Cascade:
 
     # --- running a stage in rounds and chunks ---------------------------------------------------
 
-    def _run_stage(self, label: str, stage: PairStage, rate: Rate, verdicts: dict, k: int,
-                   prefix: Callable[[QueryState, int], np.ndarray], done_attr: str,
+    def _run_stage(self, label: str, stage: PairStage, rate: Rate, verdicts: dict, k: int, which: StageInput,
                    stop_after_s: float | None = None, first_chunk: int = 64,
                    replan: Callable[[int, int], int] | None = None, round_min: int | None = None) -> bool:
         """Score every query's candidates up to rank k. False if the deadline guard stopped it.
 
-        ``prefix(q, n)``: positions of q's first n candidates in this stage's input order.
+        ``which``: the order of q's candidates this stage reads, and where its progress is kept.
         ``stop_after_s``: return after this much work (the pilot), leaving the rest for later.
         ``replan(done, k)``: called at the end of each round, when every query has reached
         rank ``done``; returns the K to go on to (kept >= done), so a revised K is still
@@ -214,7 +245,7 @@ class Cascade:
         """
         started = self.deadline.clock()
         queries = [q for q in self.queries.values() if len(q.usable)]
-        total = sum(max(0, min(k, len(q.usable)) - getattr(q, done_attr)) for q in queries)
+        total = sum(max(0, min(k, len(q.usable)) - which.done(q)) for q in queries)
         if total <= 0:
             return True
         step = max(round_min or self.s.round_min, math.ceil(k / max(1, self.s.rounds)))
@@ -233,9 +264,9 @@ class Cascade:
                 for q in queries + [None]:
                     if q is not None:
                         hi = min(target, len(q.usable))
-                        if getattr(q, done_attr) < hi:
+                        if which.done(q) < hi:
                             batch.append((q, hi))
-                            n_batch += hi - getattr(q, done_attr)
+                            n_batch += hi - which.done(q)
                     size = first_chunk if not rate.measured else max(16, int(rate.per_s * self.s.chunk_s))
                     if batch and (n_batch >= size or q is None):
                         if not self.deadline.allows(rate.seconds_for(n_batch) if rate.measured else 0.0):
@@ -244,7 +275,7 @@ class Cascade:
                             self.deadline.trip(f"{label} stopped: the next {n_batch} pairs would pass the deadline")
                             self.cut.append(label)
                             return False
-                        self._chunk(stage, rate, verdicts, batch, prefix, done_attr)
+                        self._chunk(stage, rate, verdicts, batch, which)
                         bar.update(n_batch)
                         batch, n_batch = [], 0
                         if stop_after_s is not None and self.deadline.clock() - started >= stop_after_s:
@@ -255,10 +286,11 @@ class Cascade:
             bar.close()
         return True
 
-    def _chunk(self, stage, rate, verdicts, batch, prefix, done_attr) -> None:
+    def _chunk(self, stage: PairStage, rate: Rate, verdicts: dict, batch: list[tuple[QueryState, int]],
+               which: StageInput) -> None:
         codes = set()
         for q, hi in batch:
-            pos = prefix(q, hi)[getattr(q, done_attr):hi]
+            pos = which.order(q)[which.done(q):hi]
             codes.update(int(c) for c in q.pair_codes[pos])
         todo = [c for c in codes if c not in verdicts]
         before, t0 = stage.computed, self.deadline.clock()
@@ -266,7 +298,7 @@ class Cascade:
         rate.add(stage.computed - before, self.deadline.clock() - t0)
         self._record(stage, verdicts, todo, got)
         for q, hi in batch:
-            setattr(q, done_attr, hi)
+            which.reached(q, hi)
 
     # --- the whole run ------------------------------------------------------------------------
 
@@ -280,8 +312,8 @@ class Cascade:
         self._pilots()
         graphs = database_rerank.database_graphs(self) if s.rerank else {}
         plan = self.plan = self._plan(graphs)
-        ok = self._run_stage("stage 1", self.stage1, self.rate1, self.v1, plan.k1, lambda q, n: q.order0[:n], "done1",
-                             replan=self._replan1)
+        ok = self._run_stage("stage 1", self.stage1, self.rate1, self.v1, plan.k1, STAGE1,
+                             replan=lambda done, k: self._replan(STAGE1, done, k))
         self.seconds["stage1"] = self.deadline.clock() - t0
         self.pairs["stage1"] = self.rate1.items
         for q in self.queries.values():
@@ -312,7 +344,7 @@ class Cascade:
         pilot_s = min(s.pilot_s, 0.01 * (s.budget_s or 0) + 2.0)
         if self.fixed_k1 is None:  # the first chunks of stage 1: every query's top candidates
             self._run_stage("stage 1 (pilot)", self.stage1, self.rate1, self.v1, min(self.database_max, s.round_min),
-                            lambda q, n: q.order0[:n], "done1", stop_after_s=pilot_s)
+                            STAGE1, stop_after_s=pilot_s)
         self.ks1 = self._first_needed(order0, self.stage1, self.v1)
         if self.fixed_k1 is None and not self.rate1.measured and len(self.ks1) and self.deadline.left() > 0:
             self._pilot_uncached(pilot_s)  # the pilot's pairs were cached (a resumed run): time uncached ones
@@ -354,23 +386,35 @@ class Cascade:
     def _k2_max(self) -> int:
         return self.s.k2_max if self.fixed_k2 is None else self.fixed_k2
 
-    def _replan1(self, done: int, k: int) -> int:
-        """Stage 1's K once every query reached rank ``done``, re-planned with the measured rate."""
+    def _replan(self, which: StageInput, done: int, k: int) -> int:
+        """A stage's K once every query reached rank ``done``, re-planned with the rates measured so far (a K
+        raised only for a worthwhile gain: no flapping)."""
         plan = self.plan
-        if plan.fixed or self.fixed_k1 is not None:
+        fixed = self.fixed_k1 if which is STAGE1 else self.fixed_k2
+        if plan.fixed or fixed is not None:
             return k
-        already = self.pairs1_only(done)
-        new = plan_cascade(self.deadline, self.rate1, self.rate2,
-                           lambda kk: max(0, self.pairs1_only(kk) - already) + self.rerank_planned,
-                           self.pairs2_bound, self.database_max, self._k2_max())
-        k_new = max(done, new.k1)
-        if k < k_new < k + max(1, k // 10):  # raise K only for a worthwhile gain: no flapping
+        if which is STAGE1:
+            already = self.pairs1_only(done)
+            new = plan_cascade(self.deadline, self.rate1, self.rate2,
+                               lambda kk: max(0, self.pairs1_only(kk) - already) + self.rerank_planned,
+                               self.pairs2_bound, self.database_max, self._k2_max())
+            k_new, seconds, rate = max(done, new.k1), new.seconds1 + new.seconds2, self.rate1
+        else:
+            already = self.pairs2_at(done)
+            new = plan_cascade(self.deadline, Rate("done", 1e12), self.rate2, lambda kk: 0,
+                               lambda kk: max(0, self.pairs2_at(kk) - already), self.database_max,
+                               min(self.s.k2_max, plan.k1))
+            k_new, seconds, rate = max(done, new.k2), new.seconds2, self.rate2
+        if k < k_new < k + max(1, k // 10):
             k_new = k
         if k_new != k:
-            plan.revised_projection_s = self.deadline.elapsed() + new.seconds1 + new.seconds2
-            log.info("plan: K1 %d -> %d after stage 1 reached rank %d for every query (%s); projected run "
-                     "time now %.0f s", k, k_new, done, self.rate1, plan.revised_projection_s)
-            plan.k1 = k_new
+            plan.revised_projection_s = self.deadline.elapsed() + seconds
+            log.info("plan: K%d %d -> %d after stage %d reached rank %d for every query (%s); projected run "
+                     "time now %.0f s", which.number, k, k_new, which.number, done, rate, plan.revised_projection_s)
+            if which is STAGE1:
+                plan.k1 = k_new
+            else:
+                plan.k2 = k_new
         return k_new
 
     def _run_stage2(self, plan: Plan) -> None:
@@ -386,27 +430,9 @@ class Cascade:
                          "projected run time now %.0f s", plan.k2, replan.k2, replan.pairs2, replan.seconds2,
                          plan.revised_projection_s)
             plan.k2, plan.pairs2, plan.seconds2 = replan.k2, replan.pairs2, replan.seconds2
-        self._run_stage("stage 2", self.stage2, self.rate2, self.v2, min(plan.k2, plan.k1), lambda q, n: q.order1[:n],
-                        "done2", replan=self._replan2, round_min=self.s.round_min2, first_chunk=8)
-
-    def _replan2(self, done: int, k: int) -> int:
-        """Stage 2's K once every query reached rank ``done``, re-planned with the measured rate."""
-        plan = self.plan
-        if plan.fixed or self.fixed_k2 is not None:
-            return k
-        already = self.pairs2_at(done)
-        new = plan_cascade(self.deadline, Rate("done", 1e12), self.rate2, lambda kk: 0,
-                           lambda kk: max(0, self.pairs2_at(kk) - already), self.database_max,
-                           min(self.s.k2_max, plan.k1))
-        k_new = max(done, new.k2)
-        if k < k_new < k + max(1, k // 10):
-            k_new = k
-        if k_new != k:
-            plan.revised_projection_s = self.deadline.elapsed() + new.seconds2
-            log.info("plan: K2 %d -> %d after stage 2 reached rank %d for every query (%s); projected run "
-                     "time now %.0f s", k, k_new, done, self.rate2, plan.revised_projection_s)
-            plan.k2 = k_new
-        return k_new
+        self._run_stage("stage 2", self.stage2, self.rate2, self.v2, min(plan.k2, plan.k1), STAGE2,
+                        replan=lambda done, k: self._replan(STAGE2, done, k), round_min=self.s.round_min2,
+                        first_chunk=8)
 
     def _pilot_uncached(self, limit_s: float, want: int = 32) -> None:
         """Time stage 1 on the first pairs (by stage-0 rank) that are neither verified in this run nor cached."""
