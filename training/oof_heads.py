@@ -109,7 +109,7 @@ def trained_head(photos: Photos, excluded: set[str], cache_dir: Path, seed: int,
     its weights file and its int8 embedding of every photo."""
     key = head_key(photos, excluded, seed, train)
     pt, npz = head_paths(cache_dir, key)
-    if not (pt.is_file() and npz.is_file()):
+    if not (pt.is_file() and pt.with_suffix(".json").is_file() and npz.is_file()):  # the head is its .pt and .json
         ids = sorted(i for i in photos.inputs if photos.whale[i] not in excluded)
         log.info("training %s without %d whales (%d photos)", key, len(excluded), len(ids))
         head = train_head([photos.inputs[i] for i in ids], [photos.whale[i] for i in ids], seed, train,
