@@ -279,8 +279,8 @@ def verification(cache_dir: Path, photos: list, firsts: int, seconds: int) -> di
 
 
 def report(result: dict) -> str:
-    names = list(result["extraction"])
-    lines = ["Extraction, cold, no cache (seconds per image; the network alone at every detection "
+    names = list(result.get("extraction", {}))
+    lines = [] if not names else ["Extraction, cold, no cache (seconds per image; the network alone at every detection "
              "scale; decoding; the rest):", "",
              "| runtime | images/s | vs torch | s/image | network | decode | rest |",
              "|---|---:|---:|---:|---:|---:|---:|"]
@@ -322,7 +322,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--agreement-images", type=int, default=200)
     p.add_argument("--pairs", type=int, default=2000)
-    p.add_argument("--skip", action="append", default=[], choices=("agreement", "rankings", "verification"))
+    p.add_argument("--skip", action="append", default=[],
+                   choices=("extraction", "agreement", "rankings", "verification"), help="a part not to run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -340,9 +341,10 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     result = {"meta": {"runtimes": names, "python": platform.python_version(), "cpu_cores": os.cpu_count(),
                        "catalogue": str(args.catalogue), "seed": args.seed}}
-    print(f"extraction: {len(timing)} photos, runtimes {', '.join(names)} ...", file=sys.stderr, flush=True)
-    result["extraction"] = extraction_rates([ph.path for ph in timing], names, args.rounds,
-                                            args.cache_dir / "exports")
+    if "extraction" not in args.skip:
+        print(f"extraction: {len(timing)} photos, runtimes {', '.join(names)} ...", file=sys.stderr, flush=True)
+        result["extraction"] = extraction_rates([ph.path for ph in timing], names, args.rounds,
+                                                args.cache_dir / "exports")
     if "agreement" not in args.skip and len(names) > 1:
         print(f"agreement: {len(sample)} photos, {args.pairs} pairs ...", file=sys.stderr, flush=True)
         result["agreement"] = agreement(names, sample, args.cache_dir, args.pairs, args.seed)
