@@ -295,7 +295,7 @@ def test_every_command_is_registered_once_and_an_unknown_one_is_refused(capsys):
     assert set(COMMANDS) == {"verify", "search", "audit", "calibrate", "apply-decisions"}
     parser = build_parser()
     for name, cmd in COMMANDS.items():
-        assert cmd.run.__name__ == "run" and cmd.run.__module__.startswith("matcher.curation.")
+        assert cmd.run.__module__.startswith("matcher.curation.")
         needed = {"apply-decisions": ["x.csv", "--metadata", "m.csv"], "audit": ["--metadata", "m.csv"],
                   "calibrate": ["--metadata", "m.csv"], "search": ["--catalogue", "c"]}
         assert parser.parse_args([name, *needed.get(name, [])]).run is cmd.run

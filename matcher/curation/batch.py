@@ -110,8 +110,9 @@ def search_batch(cur: Curator, queries: list[Photo], tasks: dict[str, list[PairT
 # --------------------------------------------------------------------------- the command
 
 
-def run(args, catalogue: list[Photo]) -> int:
+def run(args, argv: list[str]) -> int:
     """Several new photos against a catalogue: every pair verified in one go, each photo ranked on its own."""
+    catalogue = search.catalogue_of(args)
     queries = read_new_photos(args.batch, args.viewpoint)
     cur = from_options(args, args.calibration)
     tasks = batch_tasks(queries, catalogue, args.mirror, args.all_views)

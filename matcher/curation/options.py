@@ -11,8 +11,9 @@ from pathlib import Path
 
 from .. import __version__
 from ..config import env
+from ..errors import WhaleMatchError
 from ..options import add_engine_options
-from . import audit, calibrate, decisions, search, verify
+from . import audit, batch, calibrate, decisions, search, verify
 
 DEFAULT_OUT = "whalematch-out"
 
@@ -144,6 +145,13 @@ def apply_decisions_options(a: argparse.ArgumentParser) -> None:
     a.add_argument("-v", "--verbose", action="store_true", help="debug messages")
 
 
+def run_search(args, argv: list[str]) -> int:
+    """``search``: one new photo (:func:`.search.run`), or several with ``--batch`` (:func:`.batch.run`)."""
+    if (args.image is None) == (args.batch is None):
+        raise WhaleMatchError("search needs one new photo, or --batch with several (not both)")
+    return (batch.run if args.batch is not None else search.run)(args, argv)
+
+
 @dataclass(frozen=True)
 class Command:
     """One ``whalematch`` command: its options, its one-line summary and description, what runs it
@@ -163,7 +171,7 @@ COMMANDS = {
     "search": Command(search_options, "rank catalogue images and whales for a new photo (or several: --batch)",
                       "Rank the images of a catalogue (and its whales, when the metadata has whale_id) for a new "
                       "photo, with match pictures of the best candidates; with --batch, for each of several new "
-                      "photos (every pair verified in one go, on a cluster with --backend ray).", search.run),
+                      "photos (every pair verified in one go, on a cluster with --backend ray).", run_search),
     "audit": Command(audit_options, "find possible mislabels in a labelled catalogue",
                      "(a) images that verify against no other image of their whale; (b) pairs labelled as different "
                      "whales that verify strongly. Prints the pair counts first.", audit.run),

@@ -168,15 +168,14 @@ def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int,
 # --------------------------------------------------------------------------- the command
 
 
-def run(args, argv: list[str]) -> int:
-    """A new photo against a catalogue: images and whales ranked, tables and page (many photos with --batch)."""
-    if (args.image is None) == (args.batch is None):
-        raise WhaleMatchError("search needs one new photo, or --batch with several (not both)")
-    catalogue = apply_subset(load_catalogue(args.catalogue), args.subset)
-    if args.batch is not None:
-        from . import batch  # the batch builds on this module's search
+def catalogue_of(args) -> list[Photo]:
+    """The catalogue the command searches (``--catalogue``, less what ``--subset`` leaves out)."""
+    return apply_subset(load_catalogue(args.catalogue), args.subset)
 
-        return batch.run(args, catalogue)
+
+def run(args, argv: list[str]) -> int:
+    """A new photo against a catalogue: images and whales ranked, tables and page (several: :mod:`.batch`)."""
+    catalogue = catalogue_of(args)
     query = resolve_photo(args.image, None)
     query = Photo(query.id, query.path, (args.viewpoint or "").lower())
     cur = from_options(args, args.calibration)
