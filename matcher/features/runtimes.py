@@ -1,8 +1,8 @@
 """Where a feature network runs: PyTorch (the reference), or ONNX Runtime on the CPU (``--runtime``).
 
 On a CPU, DISK's U-Net is most of every job's time. ONNX Runtime runs the same network, exported here from
-the same pretrained weights, about 1.7 times as fast on two cores, its outputs within 0.002 of PyTorch's
-(on a scale of about 400); detection and descriptor sampling stay PyTorch's own code
+the same pretrained weights: extraction about 1.5 times as fast on two cores (``make bench``), the network's
+outputs within 0.002 of PyTorch's (on a scale of about 400); detection and descriptor sampling stay PyTorch's own code
 (:func:`dense_to_features`), so only the network's floating-point rounding differs. ``auto`` (the default)
 takes ONNX Runtime for DISK on the CPU when it is installed (``pip install 'whalematch[fast]'``; ``make
 install`` does), PyTorch on CUDA and for the other extractors. The agreement of the two (keypoints,
