@@ -25,8 +25,6 @@ import math  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 from matcher import config, presets  # noqa: E402
 from matcher.cascade import STAGE2_FACTORIES, CascadeSettings  # noqa: E402
 from matcher.cascade.ranking import STAGE2_MODES  # noqa: E402

@@ -181,15 +181,21 @@ def test_apply_decisions_never_copies_a_file_that_no_review_could_have_shown(tmp
     text.write_text("my private notes\n")
     photo_elsewhere = tiny_png(tmp_path / "elsewhere" / "IMG_1.png", 5)
     (field / "link.png").symlink_to(photo_elsewhere)  # a link inside the folder to a photo outside it
-    rows = [("/etc/passwd", "w0_0", "same"), (str(Path.home() / ".bashrc"), "w0_1", "same"),
+    passwd = tmp_path / "etc" / "passwd"  # a system file, a home dotfile: readable, outside every allowed folder
+    passwd.parent.mkdir()
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    dotfile = tmp_path / "home" / ".bashrc"
+    dotfile.parent.mkdir()
+    dotfile.write_text("export SECRET=1\n")
+    rows = [(str(passwd), "w0_0", "same"), (str(dotfile), "w0_1", "same"),
             (str(text), "w1_0", "same"), (str(photo_elsewhere), "w1_1", "same"), (str(field / "link.png"), "w0_0",
                                                                                   "same")]
     dec = decisions_csv(tmp_path / "d.csv", rows)
     rc, err = cli(capsys, "apply-decisions", dec, "--metadata", meta, "--new-photos", field)
     assert rc == 2 and "nothing was written" in err
-    if Path("/etc/passwd").is_file():
-        assert re.search(r"d\.csv line 2: query_image '/etc/passwd' refused: /etc/passwd is outside the folders new "
-                         r"photos may come from", err), err
+    assert re.search(r"d\.csv line 2: query_image '.*etc/passwd' refused: .*etc/passwd is outside the folders new "
+                     r"photos may come from", err), err
+    assert re.search(r"d\.csv line 3: query_image '.*\.bashrc' refused", err), err
     assert re.search(r"d\.csv line 4: .*not taken as a new photo: .*notes\.png: not an image file", err), err
     assert re.search(r"d\.csv line 5: .*IMG_1\.png is outside the folders new photos may come from", err), err
     assert re.search(r"d\.csv line 6: .*link\.png is outside .*; it links to .*elsewhere/IMG_1\.png", err), err

@@ -13,7 +13,7 @@ from .. import __version__
 from ..config import env
 from ..errors import WhaleMatchError
 from ..options import add_engine_options
-from . import audit, batch, calibrate, decisions, search, verify
+from . import apply_decisions, audit, batch, calibrate, decisions, search, verify
 
 DEFAULT_OUT = "whalematch-out"
 
@@ -181,7 +181,7 @@ COMMANDS = {
     "apply-decisions": Command(apply_decisions_options, "apply the decisions of review pages to a catalogue",
                                decisions.__doc__.split("\n\n", 1)[1].replace("``", "") +
                                "\nExample: whalematch apply-decisions whalematch-decisions-*.csv --metadata "
-                               "catalogue/metadata.csv", decisions.run, engine=False),
+                               "catalogue/metadata.csv", apply_decisions.run, engine=False),
 }
 
 
