@@ -117,6 +117,14 @@ def build_groups(roots: list[Path], engine: Engine, photos: dict, seed: int, bla
     return Groups(cat["rows"], cat["label"], cat["query"], cat["qw"], cat["cw"], cat["blank"], cat["cand"], used)
 
 
+def without_fold(groups: Groups, fold_of: dict, f: int) -> Groups:
+    """The groups of the other folds' queries, less every candidate of fold ``f``'s whales: what a model that
+    ranks fold ``f`` out of fold is trained on."""
+    keep = np.array([fold_of[w] != f for w in groups.query_whale]) & \
+        np.array([fold_of[w] != f for w in groups.candidate_whale])
+    return groups.take(keep)
+
+
 def fit(groups: Groups, seed: int) -> str:
     """LightGBM lambdarank on the groups; LightGBM's model text."""
     import lightgbm
@@ -227,9 +235,7 @@ def out_of_fold(args, groups: Groups, engine: Engine, photos: dict, fold_of: dic
     folds = sorted(set(fold_of.values()))
     rankers = {}
     for f in folds:
-        keep = np.array([fold_of[w] != f for w in groups.query_whale]) & \
-            np.array([fold_of[w] != f for w in groups.candidate_whale])
-        train = groups.take(keep)
+        train = without_fold(groups, fold_of, f)
         rankers[f] = tmp / f"ranker-fold{f}.json"
         ranking.Ranker(ranking.feature_names(), engine.settings_key, fit(train, args.seed)).save(rankers[f])
         log.info("fold %d: ranker trained on %d groups (%d rows)", f, len(np.unique(train.query)), len(train.rows))
@@ -271,9 +277,7 @@ def classifiers_out_of_fold(args, groups: Groups, engine: Engine, photos: dict, 
               "pair classifier with the relative features, out of fold": np.zeros(len(evaluate.rows)),
               "strength (read from the same rows)": strength_score(evaluate, engine)}
     for f in sorted(set(fold_of.values())):
-        keep = np.array([fold_of[w] != f for w in groups.query_whale]) & \
-            np.array([fold_of[w] != f for w in groups.candidate_whale])
-        train = groups.take(keep)
+        train = without_fold(groups, fold_of, f)
         mine = np.array([fold_of[w] == f for w in evaluate.query_whale])
         for label, columns in zip(list(scores)[:2], (n_pair, None)):
             model = fit_classifier(train, args.seed, columns)
