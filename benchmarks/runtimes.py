@@ -21,8 +21,9 @@ in the same run (these machines are noisy: quote the ratios).
    by the default pair score (``auto``: the shipped ranker where it won, fitted on other features of the same
    photos: its level is in sample, the difference between runtimes is what is measured): mAP@20 per runtime.
 5. **Verification**, one thread, on pairs grouped by first photo as the verifier's work items are: mutual
-   nearest neighbours before and after converting the first photo's descriptors once per item (identical
-   matches checked), the whole verdict's rate, and the share of it the float32 similarity product takes.
+   nearest neighbours and the whole verdict before (the float32 product) and after (the product screened in
+   bf16, :mod:`matcher.pairs.mnn_screened`), matches and verdicts checked identical, and the share the float32
+   similarity product took of a verdict before.
 """
 
 from __future__ import annotations
@@ -110,10 +111,10 @@ def network_seconds(engines: dict, decoded: list[np.ndarray]) -> dict[str, float
     tensors = [torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(i)) for i, (h, w) in enumerate(shapes)]
     calls = {"torch": lambda x: unet(x)}
     for name, e in engines.items():
-        if name == "onnxruntime":
+        if name != "torch":
             other = e._features.extractor
             sha = weights.recorded_sums().get(other.weights_file(), "unrecorded")
-            session = runtimes.OnnxUnet(unet, sha, e._features.export_dir)
+            session = runtimes.network(name, unet, sha, e._features.export_dir)
             calls[name] = lambda x, s=session: s(x.numpy())
     out = {}
     with torch.inference_mode():
@@ -230,11 +231,13 @@ def rankings(names: list[str], dev: Path, labels_path: Path, cache_dir: Path) ->
 
 def verification(cache_dir: Path, photos: list, firsts: int, seconds: int) -> dict:
     """One thread, on ``firsts`` x ``seconds`` pairs grouped by their first photo as the verifier's work items
-    are: mutual NN before (each pair's descriptors converted to float32 on their own) and after (the first
-    photo's once for its item: the same values, so the same matches), the whole verdict, and the share of the
-    float32 similarity product in it (what bounds pairs/s)."""
+    are: mutual NN and the whole verdict before (the float32 product, each pair's descriptors converted on
+    their own) and after (the first photo's converted once for its item, the product screened in bf16,
+    :mod:`matcher.pairs.mnn_screened`), whether matches and verdicts are identical, and the share of the
+    float32 similarity product in a verdict before (what bounded pairs/s)."""
     import torch
 
+    from matcher.pairs import mnn_screened
     from matcher.pairs.mnn import mutual_nn, mutual_nn_batch
 
     e = engine("onnxruntime" if "onnxruntime" in runtimes_here() else "torch", cache_dir, 1)
@@ -246,6 +249,13 @@ def verification(cache_dir: Path, photos: list, firsts: int, seconds: int) -> di
     verifier = e.verifier()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    screened = mnn_screened.usable(first[0]["descriptors"].shape[1])  # the check, before any timing
+
+    def verdicts():
+        t = time.perf_counter()
+        out = [verifier.verify_pair(a, b) for a in first for b in second]
+        return out, time.perf_counter() - t
+
     try:
         t = time.perf_counter()
         before = [mutual_nn(a["descriptors"], b["descriptors"]) for a in first for b in second]
@@ -262,16 +272,21 @@ def verification(cache_dir: Path, photos: list, firsts: int, seconds: int) -> di
                 with torch.inference_mode():
                     d0 @ d1.T
         gemm_s = time.perf_counter() - t
-        t = time.perf_counter()
-        for a in first:
-            for b in second:
-                verifier.verify_pair(a, b)
-        verdict_s = time.perf_counter() - t
+        mnn_screened.set_enabled(False)
+        try:
+            plain, plain_s = verdicts()
+        finally:
+            mnn_screened.set_enabled(True)
+        fast, fast_s = verdicts()
     finally:
         torch.set_num_threads(threads)
-    return {"pairs": n, "mnn_before_pairs_per_s": n / before_s, "mnn_after_pairs_per_s": n / after_s,
-            "mnn_speedup": before_s / after_s, "matches_identical": bool(same), "verdict_pairs_per_s": n / verdict_s,
-            "similarity_product_share": gemm_s / verdict_s,
+    same_verdicts = all(json.dumps(x, sort_keys=True, default=str) == json.dumps(y, sort_keys=True, default=str)
+                        for x, y in zip(plain, fast))
+    return {"pairs": n, "screened": bool(screened), "mnn_before_pairs_per_s": n / before_s,
+            "mnn_after_pairs_per_s": n / after_s, "mnn_speedup": before_s / after_s, "matches_identical": bool(same),
+            "verdict_before_pairs_per_s": n / plain_s, "verdict_pairs_per_s": n / fast_s,
+            "verdict_speedup": plain_s / fast_s, "verdicts_identical": bool(same_verdicts),
+            "similarity_product_share": gemm_s / plain_s,
             "keypoints_mean": float(np.mean([len(f["descriptors"]) for f in first + second]))}
 
 
@@ -304,11 +319,14 @@ def report(result: dict) -> str:
                 lines.append(f"| {n}, {s} | " + " | ".join(f"{t[k]:.3f}" for k in types) + " |")
     v = result.get("verification")
     if v:
-        lines += ["", f"Verification, one thread, {v['pairs']} pairs ({v['keypoints_mean']:.0f} keypoints a photo): "
-                  f"mutual NN {v['mnn_before_pairs_per_s']:.0f} -> {v['mnn_after_pairs_per_s']:.0f} pairs/s "
+        lines += ["", f"Verification, one thread, {v['pairs']} pairs ({v['keypoints_mean']:.0f} keypoints a photo; "
+                  f"bf16 screen {'used' if v['screened'] else 'not usable here'}): mutual NN "
+                  f"{v['mnn_before_pairs_per_s']:.0f} -> {v['mnn_after_pairs_per_s']:.0f} pairs/s "
                   f"({v['mnn_speedup']:.2f}x, matches identical: {v['matches_identical']}); whole verdict "
-                  f"{v['verdict_pairs_per_s']:.0f} pairs/s, of which the float32 similarity product "
-                  f"{v['similarity_product_share']:.0%}"]
+                  f"{v['verdict_before_pairs_per_s']:.0f} -> "
+                  f"{v['verdict_pairs_per_s']:.0f} pairs/s ({v['verdict_speedup']:.2f}x, verdicts identical: "
+                  f"{v['verdicts_identical']}); the float32 similarity product was "
+                  f"{v['similarity_product_share']:.0%} of a verdict before"]
     return "\n".join(lines)
 
 

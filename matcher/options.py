@@ -71,7 +71,8 @@ def add_engine_options(parser, default_preset: str = presets.DEFAULT_PIPELINE, a
                         "$WHALEMATCH_GPU_MEMORY_GB caps the GPU memory used, default 12)")
     p.add_argument("--runtime", type=arg_type(runtimes.parse), default=env_value("RUNTIME", runtimes.parse, "auto"),
                    help="where the feature network runs: auto (ONNX Runtime for DISK on the CPU when installed, "
-                        "else PyTorch), torch or onnxruntime ($WHALEMATCH_RUNTIME)")
+                        "else PyTorch), torch, onnxruntime, openvino, or openvino-bf16 (3x PyTorch's rate on a CPU "
+                        "with bf16, but other features: fails the agreement checks) ($WHALEMATCH_RUNTIME)")
     p.add_argument("--workers", type=arg_type(workers), default=env_value("WORKERS", workers, None),
                    help="CPU verification workers, or auto: the cores available, at most 8 ($WHALEMATCH_WORKERS)")
     p.add_argument("--pair-score", type=arg_type(choice(scores)),

@@ -221,8 +221,8 @@ class TorchExtractor(Extractor):
 
 
 class DiskExtractor(TorchExtractor):
-    """DISK (kornia); with ``conf["runtime"] == "onnxruntime"`` its U-Net runs in ONNX Runtime on the CPU and the
-    rest (detection, descriptors) stays kornia's (:mod:`matcher.features.runtimes`)."""
+    """DISK (kornia); with ``conf["runtime"]`` other than ``torch`` its U-Net runs in that runtime (ONNX Runtime,
+    OpenVINO) on the CPU and the rest (detection, descriptors) stays kornia's (:mod:`matcher.features.runtimes`)."""
 
     dim = 128
     multi_scale = True
@@ -265,7 +265,7 @@ class DiskExtractor(TorchExtractor):
 
         if self._onnx is None:
             sha = weights.recorded_sums().get(self.weights_file(), "unrecorded")
-            self._onnx = runtimes.OnnxUnet(model.unet, sha, self.export_dir)
+            self._onnx = runtimes.network(self.runtime, model.unet, sha, self.export_dir)
         h, w = x.shape[2:]
         padded = F.pad(x, (0, -w % 16, 0, -h % 16), value=0.0)
         dense = torch.from_numpy(self._onnx(padded.numpy()))[..., :h, :w]

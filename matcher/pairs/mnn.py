@@ -9,7 +9,10 @@ matched in their canonical order (see :mod:`matcher.pairs.store`), so (a, b) and
 Mutual nearest neighbours, on the CPU, is computed pair by pair in float32
 (:func:`mutual_nn`): one matrix product per pair, then the row maxima and the
 column maxima, which numpy finds an order of magnitude faster than torch's
-``argmax`` over a column. On a GPU, the descriptors stay on the GPU in half
+``argmax`` over a column. The verifier's batched call (:func:`mutual_nn_batch`)
+gets the same matches about twice as fast from a bf16 product that only screens
+which similarities to compute exactly (:mod:`matcher.pairs.mnn_screened`).
+On a GPU, the descriptors stay on the GPU in half
 precision (:class:`DescriptorBank`; they are stored as float16 anyway, so this
 loses nothing), padded to a length that depends on the image alone, and a chunk
 of pairs sharing the first image is matched in one batched product
@@ -30,6 +33,7 @@ from collections import defaultdict
 import numpy as np
 
 from ..io import device as devices
+from . import mnn_screened
 
 log = logging.getLogger(__name__)
 PAD_MULTIPLE = 64  # descriptor sets are padded to a multiple of this on the GPU (a function of the image alone)
@@ -146,13 +150,22 @@ def mutual_nn_batch(
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Mutual nearest neighbours of ``desc0`` against each descriptor set in ``others``.
 
-    On the CPU, pair by pair with :func:`mutual_nn`. On a GPU, the second sets are sent in half precision, padded
-    to :func:`padded_length`, and those of equal padded length matched ``chunk`` at a time (by default as many
-    as the memory cap allows) in one batched float32 product.
+    On the CPU, pair by pair: :func:`mutual_nn`'s matches, found with a bf16 screen where that is checked to give
+    them and to be faster (:mod:`matcher.pairs.mnn_screened`), else by :func:`mutual_nn` itself. On a GPU, the
+    second sets are sent in half precision, padded to :func:`padded_length`, and those of equal padded length
+    matched ``chunk`` at a time (by default as many as the memory cap allows) in one batched float32 product.
     """
     if not devices.is_cuda(device):  # the first set converted to float32 once for all its pairs (same values)
         d0 = np.ascontiguousarray(desc0, np.float32)
-        return [mutual_nn(d0, d, min_similarity) for d in others]
+        if not mnn_screened.screens(desc0) or not mnn_screened.usable(d0.shape[1]):
+            return [mutual_nn(d0, d, min_similarity) for d in others]
+        out = []
+        for d in others:  # the same matches as mutual_nn's, screened by a bf16 product (mnn_screened)
+            if mnn_screened.screens(d):
+                out.append(mnn_screened.screened_mutual_nn(d0, np.ascontiguousarray(d, np.float32), min_similarity))
+            else:
+                out.append(mutual_nn(d0, d, min_similarity))
+        return out
     import torch
 
     results: list = [None] * len(others)
