@@ -97,6 +97,27 @@ def test_onnx_runtime_disk_agrees_with_pytorch(disk_pair, tmp_path):
     assert len(exports) == 1 and exports[0].with_suffix(".json").is_file()  # exported once, kept
 
 
+def test_onnx_runtime_takes_several_images_at_once_with_the_same_features(disk_pair, tmp_path, monkeypatch):
+    """Several images at once, each on its own single-threaded session, give the features of one image a call
+    on a two-threaded session (the cache key does not change with it); sessions are kept, not made per call."""
+    from matcher.features import extractors
+    from matcher.io import device as devices
+
+    _, conf, imgs = disk_pair
+    monkeypatch.setattr(devices, "cpu_workers", lambda requested=None: 2)
+    ex = extractors.build({**conf, "runtime": "onnxruntime"}, "cpu", export_dir=tmp_path)
+    assert (ex.parallel, ex.network_threads) == (2, 1)
+    together = ex.extract(imgs) + ex.extract(imgs)
+    assert ex._made <= 2  # one session per image at once, kept between calls
+    monkeypatch.setattr(devices, "cpu_workers", lambda requested=None: 1)
+    one = extractors.build({**conf, "runtime": "onnxruntime"}, "cpu", export_dir=tmp_path)
+    one.network_threads = 2  # what a single session had before
+    alone = [one.extract([img])[0] for img in imgs]
+    for a, b in zip(alone + alone, together):
+        for key in ("keypoints", "descriptors", "scores"):
+            np.testing.assert_array_equal(a[key], b[key])
+
+
 def _agreement(a: dict, b: dict) -> tuple[float, float, float]:
     """Share of ``a``'s keypoints that ``b`` has at the same place (to 1e-3 px), the least cosine of their
     descriptors there, and the share ``b`` has within 1 px."""

@@ -26,6 +26,7 @@ time there, because its float rounding changes with the batch size.
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -229,16 +230,35 @@ class DiskExtractor(TorchExtractor):
     bytes_per_pixel = 3000  # about 2,300 measured at 640 x 224 (330 MB per image)
     cpu_batch = 4
 
+    parallel_images = 4  # ONNX Runtime: at most this many images at once, one network instance each
+
     def __init__(self, conf: dict, device: str = "cpu", batch_size: int | None = None, export_dir=None):
         super().__init__(conf, device, batch_size)
         self.runtime = conf.get("runtime", "torch")
         self.export_dir = export_dir
-        self._onnx = None
+        self._networks: queue.SimpleQueue = queue.SimpleQueue()  # instances of the exported network not in use
+        self._made = 0
+        self._export_lock = threading.Lock()
+        cores = devices.cpu_workers()
+        # ONNX Runtime: one single-threaded session per image at once; OpenVINO: one instance on every core (its
+        # single-threaded instances side by side were slower, measured)
+        self.parallel = max(1, min(cores, self.parallel_images)) if self.runtime == "onnxruntime" else 1
+        self.network_threads = max(1, cores // self.parallel)
         if self.runtime != "torch" and not batch_size:
             self.batch_size = 1  # one image a call: ONNX Runtime's rounding may change with the batch
 
     def batch_for(self, size: tuple[int, int]) -> int:
         return 1 if self.runtime != "torch" and not self.fixed_batch else super().batch_for(size)
+
+    def extract(self, images: list[np.ndarray]) -> list[dict]:
+        """As :meth:`Extractor.extract`; ONNX Runtime on the CPU takes several images at once, each on its own
+        session with fewer threads (the same outputs, checked: its threads split the work, not the sums; 1.13x
+        the network's images/s of one two-threaded session on two cores)."""
+        if self.runtime == "torch" or devices.is_cuda(self.device) or self.parallel < 2 or len(images) < 2:
+            return super().extract(images)
+        self.model(self.device)  # built once, before the threads share it
+        with ThreadPoolExecutor(min(self.parallel, len(images))) as pool:
+            return list(pool.map(lambda img: super(DiskExtractor, self).extract([img])[0], images))
 
     def weights_file(self) -> str:
         return presets.weights_file(self.conf)
@@ -257,18 +277,33 @@ class DiskExtractor(TorchExtractor):
                     for f in feats]
         return self._forward_onnx(model, x, n)
 
+    def _network(self, model):
+        """An instance of the exported network not in use by another thread (made when none is free: at most
+        :attr:`parallel`, kept for the extractor's life)."""
+        from . import runtimes
+
+        try:
+            return self._networks.get_nowait()
+        except queue.Empty:
+            pass
+        with self._export_lock:  # the export is made once, by the first caller
+            sha = weights.recorded_sums().get(self.weights_file(), "unrecorded")
+            self._made += 1
+            return runtimes.network(self.runtime, model.unet, sha, self.export_dir, self.network_threads)
+
     def _forward_onnx(self, model, x, n):
         import torch
         import torch.nn.functional as F
 
         from . import runtimes
 
-        if self._onnx is None:
-            sha = weights.recorded_sums().get(self.weights_file(), "unrecorded")
-            self._onnx = runtimes.network(self.runtime, model.unet, sha, self.export_dir)
-        h, w = x.shape[2:]
-        padded = F.pad(x, (0, -w % 16, 0, -h % 16), value=0.0)
-        dense = torch.from_numpy(self._onnx(padded.numpy()))[..., :h, :w]
+        network = self._network(model)
+        try:
+            h, w = x.shape[2:]
+            padded = F.pad(x, (0, -w % 16, 0, -h % 16), value=0.0)
+            dense = torch.from_numpy(network(padded.numpy()))[..., :h, :w]
+        finally:
+            self._networks.put(network)
         return runtimes.dense_to_features(padded, dense, n, model.desc_dim)
 
 
