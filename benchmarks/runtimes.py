@@ -249,7 +249,7 @@ def verification(cache_dir: Path, photos: list, firsts: int, seconds: int) -> di
     verifier = e.verifier()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    screened = mnn_screened.usable(first[0]["descriptors"].shape[1])  # the check, before any timing
+    screened = mnn_screened.usable(first[0]["descriptors"].shape[1], mutual_nn)  # the check, before any timing
 
     def verdicts():
         t = time.perf_counter()

@@ -33,7 +33,7 @@ def same(x, y) -> bool:
 
 @pytest.fixture(scope="module")
 def screen_here():
-    if not mnn_screened.usable(128):
+    if not mnn_screened.usable(128, mutual_nn):
         pytest.skip("the bf16 screen is not usable on this machine (its check failed or it is not faster)")
 
 
@@ -68,6 +68,6 @@ def test_the_verifiers_batched_call_screens_and_falls_back(screen_here):
 def test_switched_off_the_plain_product_runs():
     mnn_screened.set_enabled(False)
     try:
-        assert not mnn_screened.usable(128)
+        assert not mnn_screened.usable(128, mutual_nn)
     finally:
         mnn_screened.set_enabled(True)

@@ -157,7 +157,7 @@ def mutual_nn_batch(
     """
     if not devices.is_cuda(device):  # the first set converted to float32 once for all its pairs (same values)
         d0 = np.ascontiguousarray(desc0, np.float32)
-        if not mnn_screened.screens(desc0) or not mnn_screened.usable(d0.shape[1]):
+        if not mnn_screened.screens(desc0) or not mnn_screened.usable(d0.shape[1], mutual_nn):
             return [mutual_nn(d0, d, min_similarity) for d in others]
         out = []
         for d in others:  # the same matches as mutual_nn's, screened by a bf16 product (mnn_screened)

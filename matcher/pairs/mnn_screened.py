@@ -159,8 +159,6 @@ def screened_mutual_nn(a: np.ndarray, b: np.ndarray, min_similarity: float = 0.0
     :data:`MIN_KEYPOINTS`), screened."""
     import torch
 
-    from .mnn import sort_matches
-
     m, n = len(a), len(b)
     bf16, f32 = _workspace(m * n)
     with torch.inference_mode():
@@ -178,15 +176,13 @@ def screened_mutual_nn(a: np.ndarray, b: np.ndarray, min_similarity: float = 0.0
     clo = cmax - margin
     rc, pc, cc = _counts(screen, rlo, clo)
     keep, nn, best = _decide(screen, a, b, rarg, rlo, rc, pc, carg, clo, cc, np.float32(min_similarity))
-    rows = np.flatnonzero(keep)
-    return sort_matches(np.stack([rows, nn[rows]], axis=1), np.clip(best[rows], 0.0, 1.0))
+    rows = np.flatnonzero(keep)  # ascending, one match a row: mutual_nn's order
+    return np.stack([rows, nn[rows]], axis=1).astype(np.int64), np.clip(best[rows], 0.0, 1.0).astype(np.float32)
 
 
-def _check(dim: int) -> bool:
+def _check(dim: int, mutual_nn) -> bool:
     """The screen gives ``mutual_nn``'s matches on random float16 sets of ``dim`` (several sizes, ties and
     duplicated rows included) and is faster than it at 1,500 keypoints a photo."""
-    from .mnn import mutual_nn
-
     rng = np.random.default_rng(0)
 
     def unit(k):
@@ -226,14 +222,15 @@ def set_enabled(flag: bool) -> None:
     _enabled[0] = bool(flag)
 
 
-def usable(dim: int) -> bool:
-    """Whether to screen descriptor sets of this dimension on this machine (checked once per process)."""
+def usable(dim: int, reference) -> bool:
+    """Whether to screen descriptor sets of this dimension on this machine, checked once per process against
+    ``reference`` (:func:`matcher.pairs.mnn.mutual_nn`, what the screen must reproduce)."""
     if not _enabled[0]:
         return False
     with _check_lock:
         if dim not in _checked:
             try:
-                _checked[dim] = _check(dim)
+                _checked[dim] = _check(dim, reference)
             except Exception as exc:  # noqa: BLE001 - no bf16 product here (or numba cannot build): the product stays
                 log.info("mutual NN: no bf16 screen (%s: %s); the float32 product is used", type(exc).__name__, exc)
                 _checked[dim] = False
