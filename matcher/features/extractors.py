@@ -236,14 +236,15 @@ class DiskExtractor(TorchExtractor):
         super().__init__(conf, device, batch_size)
         self.runtime = conf.get("runtime", "torch")
         self.export_dir = export_dir
-        self._networks: queue.SimpleQueue = queue.SimpleQueue()  # instances of the exported network not in use
+        self._networks: dict[int, queue.SimpleQueue] = defaultdict(queue.SimpleQueue)  # free instances, by threads
         self._made = 0
+        self._local = threading.local()  # the threads a network called from this thread runs on
         self._export_lock = threading.Lock()
-        cores = devices.cpu_workers()
-        # ONNX Runtime: one single-threaded session per image at once; OpenVINO: one instance on every core (its
-        # single-threaded instances side by side were slower, measured)
-        self.parallel = max(1, min(cores, self.parallel_images)) if self.runtime == "onnxruntime" else 1
-        self.network_threads = max(1, cores // self.parallel)
+        self.cores = devices.cpu_workers()
+        # ONNX Runtime: one session of fewer threads per image at once; OpenVINO: one instance on every core (its
+        # single-threaded instances side by side were slower, measured); a lone image: every core
+        self.parallel = max(1, min(self.cores, self.parallel_images)) if self.runtime == "onnxruntime" else 1
+        self.network_threads = max(1, self.cores // self.parallel)
         if self.runtime != "torch" and not batch_size:
             self.batch_size = 1  # one image a call: ONNX Runtime's rounding may change with the batch
 
@@ -257,8 +258,13 @@ class DiskExtractor(TorchExtractor):
         if self.runtime == "torch" or devices.is_cuda(self.device) or self.parallel < 2 or len(images) < 2:
             return super().extract(images)
         self.model(self.device)  # built once, before the threads share it
+
+        def one(img):
+            self._local.threads = self.network_threads
+            return super(DiskExtractor, self).extract([img])[0]
+
         with ThreadPoolExecutor(min(self.parallel, len(images))) as pool:
-            return list(pool.map(lambda img: super(DiskExtractor, self).extract([img])[0], images))
+            return list(pool.map(one, images))
 
     def weights_file(self) -> str:
         return presets.weights_file(self.conf)
@@ -277,19 +283,19 @@ class DiskExtractor(TorchExtractor):
                     for f in feats]
         return self._forward_onnx(model, x, n)
 
-    def _network(self, model):
-        """An instance of the exported network not in use by another thread (made when none is free: at most
-        :attr:`parallel`, kept for the extractor's life)."""
+    def _network(self, model, threads: int):
+        """An instance of the exported network on ``threads`` threads not in use by another thread (made when none
+        is free: at most :attr:`parallel` of them and one on every core, kept for the extractor's life)."""
         from . import runtimes
 
         try:
-            return self._networks.get_nowait()
+            return self._networks[threads].get_nowait()
         except queue.Empty:
             pass
         with self._export_lock:  # the export is made once, by the first caller
             sha = weights.recorded_sums().get(self.weights_file(), "unrecorded")
             self._made += 1
-            return runtimes.network(self.runtime, model.unet, sha, self.export_dir, self.network_threads)
+            return runtimes.network(self.runtime, model.unet, sha, self.export_dir, threads)
 
     def _forward_onnx(self, model, x, n):
         import torch
@@ -297,13 +303,14 @@ class DiskExtractor(TorchExtractor):
 
         from . import runtimes
 
-        network = self._network(model)
+        threads = getattr(self._local, "threads", self.cores)  # a pool thread of extract() or every core
+        network = self._network(model, threads)
         try:
             h, w = x.shape[2:]
             padded = F.pad(x, (0, -w % 16, 0, -h % 16), value=0.0)
             dense = torch.from_numpy(network(padded.numpy()))[..., :h, :w]
         finally:
-            self._networks.put(network)
+            self._networks[threads].put(network)
         return runtimes.dense_to_features(padded, dense, n, model.desc_dim)
 
 
