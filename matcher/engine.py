@@ -156,6 +156,13 @@ class Engine:
         """Make the features of the horizontally mirrored images available under :func:`mirror_key`."""
         self._features.mirrored(sha_paths)
 
+    def release(self, shas) -> None:
+        """Drop these images' features (and their mirrors') from memory; the cache keeps them (what bounds the
+        memory of a pass over a large catalogue)."""
+        for sha in shas:
+            self._features.loaded.pop(sha, None)
+            self._features.loaded.pop(mirror_key(sha), None)
+
     def feature(self, key: str) -> dict:
         """The features of an image already prepared (``key``: its hash, or :func:`mirror_key` of it)."""
         return self._features.loaded[key]

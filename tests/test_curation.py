@@ -292,12 +292,12 @@ def test_every_command_is_registered_once_and_an_unknown_one_is_refused(capsys):
     name that is not registered is an error (it used to fall through to calibrate)."""
     from matcher.curation.options import COMMANDS, build_parser
 
-    assert set(COMMANDS) == {"verify", "search", "audit", "calibrate", "apply-decisions"}
+    assert set(COMMANDS) == {"verify", "index", "search", "audit", "calibrate", "apply-decisions"}
     parser = build_parser()
     for name, cmd in COMMANDS.items():
         assert cmd.run.__module__.startswith("matcher.curation.")
         needed = {"apply-decisions": ["x.csv", "--metadata", "m.csv"], "audit": ["--metadata", "m.csv"],
-                  "calibrate": ["--metadata", "m.csv"], "search": ["--catalogue", "c"]}
+                  "calibrate": ["--metadata", "m.csv"], "search": ["--catalogue", "c"], "index": ["c"]}
         assert parser.parse_args([name, *needed.get(name, [])]).run is cmd.run
     with pytest.raises(SystemExit) as exc:
         main(["calibrat"])

@@ -175,7 +175,7 @@ def test_bad_decision_files_and_options_are_reported(tmp_path, capsys):
     bad = tmp_path / "bad.csv"
     bad.write_text("query_image,candidate_image,decision\nwhaleA_0,whaleB_0,same\nwhaleA_0,whaleC_0,maybe\n")
     rc, _, err = run([bad, "--metadata", meta], capsys)
-    assert rc == 2 and "bad.csv: decision must be same, different or not sure; line(s) 3 ('maybe')" in err
+    assert rc == 2 and "bad.csv: decision must be same, different, not sure or new whale; line(s) 3 ('maybe')" in err
     bad.write_text("query,candidate_image,decision\nwhaleA_0,whaleB_0,same\n")
     rc, _, err = run([bad, "--metadata", meta], capsys)
     assert rc == 2 and "missing column(s) query_image" in err
@@ -227,3 +227,51 @@ def test_verdicts_are_reused_after_the_catalogue_changes(tmp_path, capsys):
     rows = again.verify([pair_task(a, b) for i, a in enumerate(merged) for b in merged[i + 1:]])
     assert again.engine.verified() == 0 and again.engine.stats.features_extracted == 0
     assert all(not r["error"] for r in rows)
+
+
+def new_whale_csv(path, rows: list[tuple]) -> str:
+    """New-whale rows of the page's export: (query, decision, sighting), no candidate."""
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(EXPORT_COLUMNS)
+        for q, d, sighting in rows:
+            w.writerow([q, "", "", d, "", "tester", "2024-05-01T10:00:00Z", sighting])
+    return str(path)
+
+
+def test_new_photos_decided_a_new_whale_get_one_new_id_per_sighting(tmp_path, capsys):
+    meta = catalogue(tmp_path / "cat", sizes={"whale007": 2, "whale012": 1, "other": 1})
+    field = tmp_path / "field"
+    a, b, c = (save_rgb(field / f"IMG_{i}.png", tiny(200 + i)) for i in range(3))
+    dec = new_whale_csv(tmp_path / "d.csv", [(str(a), "new whale", "encounter e1"), (str(b), "new whale",
+                                                                                     "encounter e1"),
+                                             (str(c), "new whale", "")])
+    rc, out, err = run([dec, "--metadata", meta, "--new-photos", field], capsys)
+    assert rc == 0, err
+    table = pd.read_csv(tmp_path / "cat" / "metadata.decided.csv", dtype=str, keep_default_na=False)
+    added = dict(zip(table["image_id"], table["whale_id"]))
+    assert added["IMG_0"] == added["IMG_1"] == "whale013" and added["IMG_2"] == "whale014"  # the pattern continued
+    assert "a new whale" in out
+    # Applied again to the new catalogue: nothing changes, the photos have their ids.
+    rc, out, _ = run([dec, "--metadata", tmp_path / "cat" / "metadata.decided.csv", "--output",
+                      tmp_path / "cat" / "again.csv"], capsys)
+    assert rc == 0 and "0 changes" in out
+
+
+def test_a_photo_decided_a_new_whale_and_the_same_as_a_whale_is_refused(tmp_path, capsys):
+    meta = catalogue(tmp_path / "cat")
+    new = save_rgb(tmp_path / "field" / "IMG_9.png", tiny(300))
+    other = save_rgb(tmp_path / "field" / "IMG_10.png", tiny(301))
+    dec = new_whale_csv(tmp_path / "d.csv", [(str(new), "new whale", "s1"), (str(other), "new whale", "s1")])
+    same = decisions_csv(tmp_path / "s.csv", [(str(other), "whaleB_1", "same")])
+    rc, _, err = run([dec, same, "--metadata", meta, "--new-photos", new.parent], capsys)
+    assert rc == 2 and "decided a new whale" in err and "whale whaleB" in err and "IMG_9" in err
+    blank = new_whale_csv(tmp_path / "b.csv", [(str(new), "same", "")])  # "same" needs a candidate
+    rc, _, err = run([blank, "--metadata", meta, "--new-photos", new.parent], capsys)
+    assert rc == 2 and "candidate_image is empty" in err and "line(s) 2" in err
+
+
+def test_next_whale_ids_continue_the_catalogues_pattern():
+    assert decisions.next_whale_ids({"whale008", "whale010", "x"}, 2) == ["whale011", "whale012"]
+    assert decisions.next_whale_ids({"Alpha", "Beta"}, 2) == ["new-whale-1", "new-whale-2"]
+    assert decisions.next_whale_ids({"B-9", "B-10"}, 1) == ["B-11"]

@@ -88,7 +88,7 @@ def test_search_prior_on_real_photos_reports_wrong_whales_labelled_same(belugas,
 
     from matcher import cache, presets
     from matcher.curation import calibration as calib
-    from matcher.curation import priors, search
+    from matcher.curation import catalogue_search, priors, search
     from matcher.curation.curator import Curator
     from matcher.engine import Engine
     from matcher.io.catalogue import Photo
@@ -134,7 +134,7 @@ def test_search_prior_on_real_photos_reports_wrong_whales_labelled_same(belugas,
     for q in queries:
         catalogue = [p for p in photos if p.id != q.id]
         query = Photo(q.id, q.path, "top")  # the new photo: no whale id, no date
-        tasks = search.search_tasks(query, catalogue)
+        tasks = catalogue_search.search_tasks(query, catalogue)
         prior = priors.for_search(None, [t.b for t in tasks])
         per = {}
         for name, p in (("even odds", priors.Prior(None, "before")), ("1/K", prior)):

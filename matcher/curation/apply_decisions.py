@@ -60,7 +60,7 @@ def apply(plan: ChangePlan, cat: Catalogue, output: Path, photo_dir: Path) -> pd
             n.image_id, k = f"{stem}-{k}", k + 1
         taken.add(n.image_id)
         rel = inside(n.file, out_dir)
-        detail = f"new photo {n.file}"
+        detail = f"new photo {n.file}" + (", a new whale" if n.new_whale else "")
         if rel is None:
             target = Path(photo_dir) / f"{n.image_id}{n.file.suffix.lower()}"
             if target.exists() and not same_bytes(target, n.file):

@@ -122,6 +122,12 @@ class Curator:
             else:
                 self.prepared.add(self.shas[i])
 
+    def release(self, shas) -> None:
+        """Drop these content hashes' features from memory (:meth:`Engine.release`); prepared again when needed."""
+        shas = set(shas)
+        self.engine.release(shas)
+        self.prepared -= shas
+
     def hash_only(self, photos: list[Photo]) -> None:
         """Content hashes of the photos (unreadable ones recorded in ``bad``)."""
         todo = {p.id: p.path for p in photos if p.id not in self.shas and p.id not in self.bad}
@@ -338,14 +344,19 @@ class Curator:
                 r["error"] = str(exc)
 
 
+def engine_from_options(args) -> Engine:
+    """The engine of a command's engine options (:func:`matcher.options.add_engine_options`)."""
+    return Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
+                  progress=not args.quiet, backend=args.backend, ray_address=args.ray_address, runtime=args.runtime)
+
+
 def from_options(args, calibration_file: Path | None, auto_score: str = "learned") -> Curator:
     """The engine of the options, its pair score (the learned model's P(same whale), or the strength's score;
     ``--pair-score auto`` means ``auto_score``, the learned one where the preset has a model) and the
     calibration of that score (``calibration_file``, else the model's own, else the preset's)."""
     if args.prior is not None and not 0 < args.prior < 1:
         raise WhaleMatchError(f"--prior must lie strictly between 0 and 1 (got {args.prior})")
-    engine = Engine(args.preset, None if args.no_cache else args.cache_dir, args.device, args.workers,
-                    progress=not args.quiet, backend=args.backend, ray_address=args.ray_address, runtime=args.runtime)
+    engine = engine_from_options(args)
     model, score = None, auto_score if args.pair_score == "auto" else args.pair_score
     if score != "strength":
         try:

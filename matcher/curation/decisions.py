@@ -10,6 +10,10 @@ CSV they give a new one:
   viewpoint ``top`` when every photo it was confirmed with is a top view, else left blank);
 * two photos of whales W1 and W2 decided the same merge W1 and W2 (the audit's case): the id with more
   photos is kept (on a tie the smaller id), every photo of the other is relabelled;
+* "new whale" (a row with no candidate: the page's question "is this a new whale?") gives the photo a new
+  whale id, the catalogue's pattern continued (``whale123`` after ``whale122``); photos decided new whale
+  with the same ``sighting`` (the photos of one sighting on a search's page) or decided the same as each other
+  share one new id;
 * "different" and "not sure" change nothing; a "different" between two photos of one whale (an
   isolated image's pair) is logged as a label to look at.
 
@@ -33,6 +37,7 @@ catalogue reuses every cached verdict.
 from __future__ import annotations
 
 import os
+import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,10 +51,10 @@ from ..io.paths import shorten, too_long
 from ..io.tables import read_csv
 from .review_page import DECISIONS, EXPORT_COLUMNS
 
-SAME, DIFFERENT, UNSURE = DECISIONS
+SAME, DIFFERENT, UNSURE, NEW_WHALE = DECISIONS
 WORDS = {"same": SAME, "same whale": SAME, "yes": SAME, "different": DIFFERENT, "different whale": DIFFERENT,
          "different whales": DIFFERENT, "no": DIFFERENT, "not sure": UNSURE, "unsure": UNSURE, "?": UNSURE,
-         "": ""}
+         "new whale": NEW_WHALE, "new": NEW_WHALE, "": ""}
 LOG_COLUMNS = ["action", "image_id", "whale_before", "whale_after", "decisions", "detail"]
 MAX_LISTED = 20  # problems listed in one error message
 
@@ -64,6 +69,7 @@ class Decision:
     comment: str = ""
     reviewer: str = ""
     time: str = ""
+    sighting: str = ""  # the sighting the query photo belongs to (a search's page of several photos)
 
 
 def read_decisions(paths: list[Path]) -> list[Decision]:
@@ -72,7 +78,7 @@ def read_decisions(paths: list[Path]) -> list[Decision]:
     out = []
     for path in paths:
         path = Path(path)
-        df = read_csv(path, ("query_image", "candidate_image", "decision"), nonblank=("query_image", "candidate_image"))
+        df = read_csv(path, ("query_image", "candidate_image", "decision"), nonblank=("query_image",))
         optional = [c for c in EXPORT_COLUMNS if c not in df.columns]
         for c in optional:
             df[c] = ""
@@ -80,11 +86,17 @@ def read_decisions(paths: list[Path]) -> list[Decision]:
         unknown = ~words.isin(WORDS)
         if unknown.any():
             lines = ", ".join(f"{i + 2} ({df['decision'][i]!r})" for i in df.index[unknown][:MAX_LISTED])
-            raise DataError(f"{path}: decision must be same, different or not sure; line(s) {lines}")
+            raise DataError(f"{path}: decision must be same, different, not sure or new whale; line(s) {lines}")
+        blank = (df["candidate_image"].str.strip() == "") & (words.map(WORDS) != NEW_WHALE)
+        if blank.any():
+            lines = ", ".join(str(i + 2) for i in df.index[blank][:MAX_LISTED])
+            raise DataError(f"{path}: candidate_image is empty (only a new whale decision has no candidate); "
+                            f"line(s) {lines}")
         for i, row in zip(df.index, df.to_dict("records")):
             out.append(Decision(f"{path} line {i + 2}", row["query_image"], row["candidate_image"],
                                 str(row["candidate_whale"]).strip(), WORDS[words[i]], str(row["comment"]).strip(),
-                                str(row["reviewer"]).strip(), str(row["time"]).strip()))
+                                str(row["reviewer"]).strip(), str(row["time"]).strip(),
+                                str(row["sighting"]).strip()))
     return out
 
 
@@ -132,6 +144,7 @@ class NewPhoto:
     where: list[str]
     image_id: str = ""  # chosen when applied
     path: str = ""  # relative to the new metadata's folder, when applied
+    new_whale: bool = False  # its whale id is a new one (decided a new whale)
 
 
 @dataclass
@@ -294,6 +307,8 @@ class _Planning:
         self.loose = _Union()  # photos without a whale id, joined by same decisions
         self.links: dict[Ref, dict[str, list[Decision]]] = defaultdict(lambda: defaultdict(list))
         self.assigned: dict[Ref, str] = {}  # photo without a whale id -> the whale it is decided to be
+        self.new_whale: list[tuple[Ref, Decision]] = []  # photos decided to be a new whale
+        self.new_ids: set[str] = set()  # the whale ids given to new whales
 
     def whale(self, ref: Ref) -> str:
         return "" if ref.new else self.cat.photos[ref.image_id].whale_id
@@ -307,6 +322,9 @@ class _Planning:
         cat, resolve, plan = self.cat, self.resolve, self.plan
         pairs: dict[frozenset, list[tuple[Decision, Ref, Ref]]] = defaultdict(list)
         for d in decisions:
+            if d.decision == NEW_WHALE:
+                self.new_whale_decision(d)
+                continue
             c = resolve(d.candidate)
             q = resolve(d.query)
             if c is None or c.new:
@@ -336,6 +354,23 @@ class _Planning:
         if self.problems:
             raise DataError(problems_message("unknown or refused images", self.problems))
         return list(pairs.values())
+
+    def new_whale_decision(self, d: Decision) -> None:
+        """A "new whale" decision: its photo must be a new photo (taken as :meth:`Resolver.refusal` allows) or a
+        catalogue photo without a whale id."""
+        q = self.resolve(d.query)
+        if q is None:
+            self.problems.append(f"{d.where}: query_image {shorten(d.query)!r} is neither an image id of "
+                                 f"{self.cat.path} nor an image file (looked in "
+                                 f"{', '.join(str(b) for b in self.resolve.bases)})")
+        elif q.new and self.resolve.refusal(q.file):
+            self.problems.append(f"{d.where}: query_image {shorten(d.query)!r} refused: {self.resolve.refusal(q.file)}")
+        elif self.whale(q):  # e.g. decisions applied a second time: the photo got its new id the first time
+            self.plan.notes.append(Change("no change", q.image_id, self.whale(q), self.whale(q), d.where,
+                                          "decided a new whale, but it has a whale id in the catalogue already (a "
+                                          "photo under the wrong whale id is corrected by hand in the metadata)"))
+        else:
+            self.new_whale.append((q, d))
 
     def split(self, pairs: list) -> tuple[list, list]:
         """2. The pairs decided the same and those decided different; a pair decided both ways is a problem."""
@@ -380,6 +415,11 @@ class _Planning:
             d, q, c = group[0]
             if not whale(q) and not whale(c):
                 self.loose.join(q, c)
+        first_of_sighting: dict[str, Ref] = {}
+        for ref, d in self.new_whale:  # a sighting's photos decided new whale are one whale
+            self.loose.find(ref)
+            if d.sighting:
+                self.loose.join(ref, first_of_sighting.setdefault(d.sighting, ref))
         for group in same:
             d, q, c = group[0]
             wq, wc = whale(q), whale(c)
@@ -391,10 +431,24 @@ class _Planning:
             for ref in (group[0][1], group[0][2]):
                 if not whale(ref):
                     members[self.loose.find(ref)].add(ref)
+        new_whale: dict[Ref, list[Decision]] = defaultdict(list)
+        for ref, d in self.new_whale:
+            members[self.loose.find(ref)].add(ref)
+            new_whale[self.loose.find(ref)].append(d)
+        fresh = iter(next_whale_ids(set(self.cat.whale_counts()), len(new_whale)))
         for root, refs in members.items():
             found = self.links.get(root, {})
             names = ", ".join(sorted(r.name() for r in refs))
-            if len(found) > 1:
+            if root in new_whale and found:
+                self.problems.append(f"{names} is decided a new whale ({_where(new_whale[root])}) and the same as "
+                                     + " and as ".join(f"whale {w} ({_where(ds)})" for w, ds in sorted(found.items())))
+            elif root in new_whale:
+                w = next(fresh)
+                self.new_ids.add(w)
+                self.links[root][w].extend(new_whale[root])
+                for r in refs:
+                    self.assigned[r] = w
+            elif len(found) > 1:
                 self.problems.append(f"{names} (no whale id) is decided the same as " + " and as ".join(
                     f"whale {w} ({_where(ds)})" for w, ds in sorted(found.items())) +
                     "; decide two photos of those whales the same to merge them first")
@@ -444,10 +498,13 @@ class _Planning:
             ds = [d for root in [self.loose.find(ref)] for d in self.links[root][w]]
             views = {cat.photos[d_ref].viewpoint for d_ref in _partners(ds, self.resolve, cat)}
             if ref.new:
-                plan.new_photos.append(NewPhoto(ref.file, w, "top" if views == {"top"} else "", [d.where for d in ds]))
+                plan.new_photos.append(NewPhoto(ref.file, w, "top" if views == {"top"} else "", [d.where for d in ds],
+                                                new_whale=w in self.new_ids))
             else:
                 plan.labels[ref.image_id] = w
-                plan.changes.append(Change("label", ref.image_id, "", w, _where(ds), f"decided the same as whale {w}"))
+                plan.changes.append(Change("label", ref.image_id, "", w, _where(ds),
+                                           "decided a new whale: a new id" if w in self.new_ids else
+                                           f"decided the same as whale {w}"))
 
 
 def _partners(ds: list[Decision], resolve: Resolver, cat: Catalogue) -> list[str]:
@@ -458,6 +515,29 @@ def _partners(ds: list[Decision], resolve: Resolver, cat: Catalogue) -> list[str
             r = resolve(v)
             if r is not None and not r.new and cat.photos[r.image_id].whale_id:
                 out.append(r.image_id)
+    return out
+
+
+def next_whale_ids(existing: set[str], n: int) -> list[str]:
+    """``n`` whale ids that are not in ``existing``, continuing its most common pattern (a prefix and a number:
+    ``whale123``, ``whale124`` after ``whale122``), else ``new-whale-1``, ``new-whale-2``, ..."""
+    pattern = Counter()
+    width: dict[str, int] = {}
+    top: dict[str, int] = {}
+    for w in existing:
+        m = re.fullmatch(r"(.*?)(\d+)", w)
+        if m:
+            prefix, digits = m.groups()
+            pattern[prefix] += 1
+            width[prefix] = max(width.get(prefix, 0), len(digits))
+            top[prefix] = max(top.get(prefix, 0), int(digits))
+    prefix = pattern.most_common(1)[0][0] if pattern else "new-whale-"
+    number, out = top.get(prefix, 0), []
+    while len(out) < n:
+        number += 1
+        w = f"{prefix}{number:0{width.get(prefix, 1)}d}"
+        if w not in existing:
+            out.append(w)
     return out
 
 

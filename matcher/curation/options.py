@@ -13,9 +13,24 @@ from .. import __version__
 from ..config import env
 from ..errors import WhaleMatchError
 from ..options import add_engine_options
-from . import apply_decisions, audit, batch, calibrate, decisions, search, verify
+from . import apply_decisions, audit, batch, calibrate, decisions, index, search, verify
 
 DEFAULT_OUT = "whalematch-out"
+DEFAULT_K = 200  # catalogue photos verified per new photo with an index (benchmarks/RESULTS.md, catalogue search)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("expected a whole number of at least 1")
+    return value
+
+
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError("expected a number strictly between 0 and 1")
+    return value
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -80,7 +95,24 @@ def search_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--subset", type=Path, help="CSV with an image_id column: search only these catalogue images")
     s.add_argument("--top", type=int, default=10,
                    help="pictures for the best N images (of each new photo with --batch)")
+    s.add_argument("--k", type=positive_int, default=DEFAULT_K,
+                   help="with an index (whalematch index): verify the K catalogue photos stage 0 finds most alike "
+                        "for each new photo")
+    s.add_argument("--exhaustive", action="store_true",
+                   help="verify every comparable catalogue photo, index or not")
+    s.add_argument("--group-by", choices=("encounter", "date", "none"), default="encounter",
+                   help="--batch: identify the photos of one sighting together: those of one encounter_id (the "
+                        "new photos' CSV), of one date, or none (each photo alone); encounters.csv and a page per "
+                        "sighting")
+    s.add_argument("--new-whale-prior", type=probability, default=None,
+                   help="share of sightings that show a whale new to the catalogue, for P(new whale); None: the "
+                        "share the model was fitted on (it says which)")
     out_options(s, "pictures, results and the review page")
+
+
+def index_options(i: argparse.ArgumentParser) -> None:
+    i.add_argument("catalogue", type=Path, help="a folder of images, a folder with metadata.csv, or a metadata CSV")
+    i.add_argument("--dry-run", action="store_true", help="print what changed since the last update, do nothing")
 
 
 def audit_options(a: argparse.ArgumentParser) -> None:
@@ -168,6 +200,12 @@ COMMANDS = {
     "verify": Command(verify_options, "verify one pair (A B) or a CSV of pairs (--pairs)",
                       "Verdict of a pair of photos, with a picture of the inlier correspondences; or, with --pairs, a "
                       "CSV of verdicts and a review page.", verify.run),
+    "index": Command(index_options, "build or update a catalogue's index (searches then verify a shortlist)",
+                     "Keep an index of the catalogue in the cache folder: every photo's content hash, features "
+                     "(mirrored for flanks) and stage-0 embedding. Incremental: new photos are added, removed ones "
+                     "dropped, changed files redone, and each is listed; a stopped update resumes. search uses the "
+                     "index when there is one: it verifies the --k photos stage 0 finds most alike instead of every "
+                     "catalogue photo.", index.run),
     "search": Command(search_options, "rank catalogue images and whales for a new photo (or several: --batch)",
                       "Rank the images of a catalogue (and its whales, when the metadata has whale_id) for a new "
                       "photo, with match pictures of the best candidates; with --batch, for each of several new "

@@ -117,7 +117,7 @@ def _table(t: Table, n: int) -> str:
     for row in t.rows:
         cells = [_cell(c, row.get(c.key)) for c in columns]
         if t.review:
-            cells.insert(at, review_page.CELL)
+            cells.insert(at, t.review.cell)
             out.append(f'<tr class="review" {t.review.attributes(row)}>' + "".join(cells) + "</tr>")
         else:
             out.append("<tr>" + "".join(cells) + "</tr>")

@@ -113,7 +113,7 @@ class VerdictStore:
             self.on_disk = True
             return conn
         except sqlite3.DatabaseError as exc:
-            if _is_io_problem(exc):
+            if is_io_problem(exc):
                 log.warning("pair cache %s cannot be opened (%s); keeping verdicts in memory only", self.path, exc)
                 return self._memory()
             return self._restart(exc)
@@ -175,7 +175,7 @@ class VerdictStore:
                     except BadRow as exc:
                         bad[(a, b)] = str(exc)
         except sqlite3.DatabaseError as exc:
-            if _is_io_problem(exc):
+            if is_io_problem(exc):
                 log.warning("cannot read pair cache %s (%s); verifying the pairs again", self.path, exc)
             elif self.path is not None:
                 self.conn = self._restart(exc)
@@ -220,7 +220,7 @@ class VerdictStore:
         try:
             return self.conn.execute("SELECT count(*) FROM verdicts WHERE settings=?", (self.settings,)).fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            if _is_io_problem(exc) or self.path is None:
+            if is_io_problem(exc) or self.path is None:
                 raise
             self.conn = self._restart(exc)
             return 0
@@ -229,7 +229,7 @@ class VerdictStore:
         self.conn.close()
 
 
-def _is_io_problem(exc: sqlite3.DatabaseError) -> bool:
+def is_io_problem(exc: sqlite3.DatabaseError) -> bool:
     """A fault of the disk or of access (full, read-only, locked), not of the file's content."""
     text = str(exc).lower()
     return any(s in text for s in ("locked", "full", "readonly", "read-only", "unable to open", "disk i/o",

@@ -1,6 +1,7 @@
 (function () {
   'use strict';
-  var COLUMNS = ['query_image', 'candidate_image', 'candidate_whale', 'decision', 'comment', 'reviewer', 'time'];
+  var COLUMNS = ['query_image', 'candidate_image', 'candidate_whale', 'decision', 'comment', 'reviewer', 'time',
+                 'sighting'];
   var KEYS = {s: 'same', d: 'different', u: 'not sure'};
   var run = document.body.getAttribute('data-run') || '';
   var storeKey = 'whalematch-decisions:' + location.pathname + ':' + run;
@@ -51,10 +52,14 @@
       store.setItem(storeKey, JSON.stringify({version: 1, page: location.pathname, run: run, decisions: decisions}));
     } catch (e) { status.textContent = 'decisions could not be stored (' + e.message + '): export them now'; }
   }
+  function photosOf(tr) {
+    try { return JSON.parse(tr.getAttribute('data-photos') || '[]'); } catch (e) { return []; }
+  }
   function record(tr, change) {
     var k = keyOf(tr);
     var d = decisions[k] || {query_image: tr.getAttribute('data-q'), candidate_image: tr.getAttribute('data-c'),
-                             candidate_whale: tr.getAttribute('data-w') || '', decision: '', comment: ''};
+                             candidate_whale: tr.getAttribute('data-w') || '', decision: '', comment: '',
+                             sighting: tr.getAttribute('data-s') || '', photos: photosOf(tr)};
     for (var f in change) { d[f] = change[f]; }
     d.reviewer = reviewer.value.trim();
     d.time = new Date().toISOString();
@@ -99,7 +104,12 @@
       var d = decisions[k];
       if (!d) { return; }
       var row = Object.assign({}, d, {reviewer: d.reviewer || reviewer.value.trim()});
-      lines.push(COLUMNS.map(function (c) { return field(row[c]); }).join(','));
+      // a row that stands for every photo of a sighting is exported once per photo
+      var queries = d.photos && d.photos.length ? d.photos : [d.query_image];
+      queries.forEach(function (q) {
+        var one = Object.assign({}, row, {query_image: q});
+        lines.push(COLUMNS.map(function (c) { return field(one[c]); }).join(','));
+      });
     });
     return lines.join('\r\n') + '\r\n';
   }
@@ -152,7 +162,9 @@
     else if (key === 'n') { nextUndecided(); }
     else if (KEYS[key] || key === 'x') {
       if (!current) { move(1); return; }
-      record(current, {decision: key === 'x' ? '' : KEYS[key]});
+      var value = key === 'x' ? '' : KEYS[key];
+      if (value === 'same' && current.getAttribute('data-new') === '1') { value = 'new whale'; }
+      record(current, {decision: value});
       if (key !== 'x') { move(1); }
     } else if (key === 'c') {
       if (!current) { move(1); }

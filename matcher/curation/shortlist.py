@@ -1,0 +1,66 @@
+"""Stage 0 of a catalogue search: the K catalogue photos most like a new photo, from the index's embeddings.
+
+Each indexed photo holds the learned global head's int8 unit vector (:mod:`matcher.features.global_head`),
+256 bytes. A new photo's similarity to every comparable catalogue photo is one matrix-vector product, done
+in blocks converted to float32 (exact: int8 products summed in float32 stay integers below 2**24, so a
+similarity never depends on the block or on which other photos are scored), and the K best are kept, ties
+broken by index order (deterministic). A flank (left or right) is compared with the opposite flank through
+its mirror's embedding, as its pairs are verified.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..features.global_head import QUANT
+from ..io.catalogue import LATERAL, view_group
+
+BLOCK = 1 << 16  # catalogue rows converted to float32 at a time
+
+
+def similarities(query: np.ndarray, embeddings: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+    """Cosine similarity of one int8 embedding with the int8 ``embeddings`` (or their ``rows``), exact."""
+    q = np.asarray(query, np.float32)
+    idx = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
+    out = np.empty(len(idx), np.float64)
+    for start in range(0, len(idx), BLOCK):
+        part = idx[start:start + BLOCK]
+        out[start:start + len(part)] = embeddings[part].astype(np.float32) @ q
+    return out / (QUANT * QUANT)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Positions of the ``k`` largest scores, best first (equal scores in position order)."""
+    n = len(scores)
+    if k >= n:
+        return np.lexsort((np.arange(n), -scores))
+    part = np.argpartition(-scores, k - 1)[:k]
+    threshold = scores[part].min()
+    tied = np.flatnonzero(scores >= threshold)  # every entry level with the K-th, so ties resolve by position
+    order = tied[np.lexsort((tied, -scores[tied]))]
+    return order[:k]
+
+
+def comparable_rows(views: np.ndarray, query_view: str, all_views: bool = False) -> np.ndarray:
+    """Rows of catalogue photos comparable with a new photo of ``query_view`` (any view when it is unknown or
+    with ``all_views``; photos of unknown view always)."""
+    if all_views or not view_group(query_view):
+        return np.arange(len(views))
+    group = view_group(query_view)
+    groups = np.array([view_group(v) for v in views]) if len(views) else np.zeros(0, str)
+    return np.flatnonzero((groups == group) | (groups == ""))
+
+
+def shortlist(query: np.ndarray, query_mirror: np.ndarray | None, query_view: str, embeddings: np.ndarray,
+              views: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best catalogue rows for a new photo among ``rows`` (default: all), best first, and their
+    similarities. A flank's opposite flanks are scored with ``query_mirror`` (its mirror's embedding)."""
+    rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
+    sims = similarities(query, embeddings, rows)
+    if query_mirror is not None and query_view in LATERAL:
+        opposite = LATERAL[1 - LATERAL.index(query_view)]
+        flip = np.flatnonzero(views[rows] == opposite)
+        if len(flip):
+            sims[flip] = similarities(query_mirror, embeddings, rows[flip])
+    best = top_k(sims, k)
+    return rows[best], sims[best]
