@@ -14,7 +14,7 @@ from scenario_factory import make_whales
 from matcher.curation import indexing
 from matcher.curation.catalogue_index import CatalogueIndex, Entry, index_path
 from matcher.curation.curator import Curator
-from matcher.curation.shortlist import QUANT, comparable_rows, shortlist, similarities, top_k
+from matcher.curation.shortlist import QUANT, comparable_rows, shortlist, similarities, top_k, view_groups
 from matcher.engine import Engine
 from matcher.io.catalogue import load_catalogue
 
@@ -196,10 +196,12 @@ def test_top_k_keeps_the_best_and_breaks_ties_by_position():
 
 def test_a_flank_is_compared_with_opposite_flanks_through_its_mirror():
     views = np.array(["top", "left", "right", "", "right"], dtype=object)
-    assert comparable_rows(views, "left").tolist() == [1, 2, 3, 4] and comparable_rows(views, "top").tolist() == [0, 3]
+    groups = view_groups(views)
+    assert comparable_rows(groups, "left").tolist() == [1, 2, 3, 4]
+    assert comparable_rows(groups, "top").tolist() == [0, 3]
     emb = np.array([[127, 0], [0, 127], [127, 0], [0, 127], [90, 90]], np.int8)
     own, mirror = np.array([0, 127], np.int8), np.array([127, 0], np.int8)
-    rows, sims = shortlist(own, mirror, "left", emb, views, 2, comparable_rows(views, "left"))
+    rows, sims = shortlist(own, mirror, "left", emb, views, 2, comparable_rows(groups, "left"))
     assert rows.tolist() == [1, 2] and sims.tolist() == [1.0, 1.0]  # the left flank by itself, the right by the mirror
 
 

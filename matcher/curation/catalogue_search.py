@@ -22,7 +22,7 @@ from ..io.catalogue import LATERAL, Photo, comparable
 from . import indexing
 from .catalogue_index import CatalogueIndex
 from .curator import Curator, PairTask, mirror_side
-from .shortlist import comparable_rows, shortlist
+from .shortlist import comparable_rows, shortlist, view_groups
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,12 @@ class StageZero:
 
     def __post_init__(self):
         self.views = np.array([p.viewpoint for p in self.photos], dtype=object)
+        self.groups = view_groups(self.views)
         self.row_of = {p.id: i for i, p in enumerate(self.photos)}
 
     def comparable(self, query: Photo, all_views: bool = False, exclude=frozenset()) -> np.ndarray:
         """Rows of the catalogue photos a new photo is compared with (not itself, nor ``exclude``)."""
-        rows = comparable_rows(self.views, query.viewpoint, all_views)
+        rows = comparable_rows(self.groups, query.viewpoint, all_views)
         drop = {self.row_of[i] for i in exclude if i in self.row_of}
         own = self.row_of.get(query.id)
         if own is not None and self.photos[own].path == query.path:

@@ -41,14 +41,17 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     return order[:k]
 
 
-def comparable_rows(views: np.ndarray, query_view: str, all_views: bool = False) -> np.ndarray:
-    """Rows of catalogue photos comparable with a new photo of ``query_view`` (any view when it is unknown or
-    with ``all_views``; photos of unknown view always)."""
+def view_groups(views) -> np.ndarray:
+    """Each catalogue photo's view group (:func:`matcher.io.catalogue.view_group`), once for many searches."""
+    return np.array([view_group(v) for v in views], dtype=object)
+
+
+def comparable_rows(groups: np.ndarray, query_view: str, all_views: bool = False) -> np.ndarray:
+    """Rows of catalogue photos (their :func:`view_groups`) comparable with a new photo of ``query_view`` (any
+    view when it is unknown or with ``all_views``; photos of unknown view always)."""
     if all_views or not view_group(query_view):
-        return np.arange(len(views))
-    group = view_group(query_view)
-    groups = np.array([view_group(v) for v in views]) if len(views) else np.zeros(0, str)
-    return np.flatnonzero((groups == group) | (groups == ""))
+        return np.arange(len(groups))
+    return np.flatnonzero((groups == view_group(query_view)) | (groups == ""))
 
 
 def shortlist(query: np.ndarray, query_mirror: np.ndarray | None, query_view: str, embeddings: np.ndarray,
