@@ -15,7 +15,7 @@ RUNTIME := $(SUB_DIR)/code_execution
 SUBMISSION ?= $(RUNTIME)/submission/submission.csv
 CACHE_DIR ?= $(SUB_DIR)/cache
 
-.PHONY: help install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-ranker train-global bench clean
+.PHONY: help install demo test lint data-subset run pack-submission test-submission score eval calibrate cascade codebook train-verifier train-ranker train-global train-new-whale bench bench-search clean
 
 ## help: this list (from the comments above each target)
 help:
@@ -122,6 +122,24 @@ train-verifier:
 train-global:
 	$(PY) -m training.train_global --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --dev $(DEV_DIR) \
 		--labels $(LABELS) --seed 0 --flip-tta --out weights/global-head-disk-v1.pt
+
+## train-new-whale: refit weights/new-whale-PRESET.json (P(new whale) of a catalogue search) on CATALOGUE's photos played
+##                  as sightings (each whale's latest encounter searched against the rest; fixed seed), after measuring
+##                  out of fold (5 folds split by whale): stage 0 (learned head, ASMK), whale top-1/top-5 with shortlists
+##                  and exhaustive, sightings together, P(new whale) AUC and calibration; about an hour on 2 cores with
+##                  the features cached (most of it verifying every comparable photo for the exhaustive baseline)
+train-new-whale:
+	$(PY) -m training.train_new_whale --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --k 200 --verify-top 400 \
+		--exhaustive --seed 0 --out weights/new-whale-$(PRESET).json --json benchmarks/results/new_whale.json
+
+## bench-search: catalogue search at scale: whale top-1/top-5 against catalogue size (out of fold), latency per
+##               single-photo sighting against an index of CATALOGUE (the new photo's extraction included), adding 10
+##               photos to the index, the shortlist on indexes of 10^4, 10^5 and 10^6 entries (synthetic entries
+##               beside the real ones, said so) and memory per photo; SEARCH_BENCH_ARGS adds options
+SEARCH_BENCH_ARGS ?=
+bench-search:
+	$(PY) -m benchmarks.search_scale --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) \
+		--json benchmarks/results/search_scale.json $(SEARCH_BENCH_ARGS)
 
 ## bench: pair throughput (extraction, matching, RANSAC, end to end, against one pair at a time) and the
 ##        projection to the challenge's full test, on the GPU if there is one, else the CPU (a few minutes there);

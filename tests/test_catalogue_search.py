@@ -122,3 +122,18 @@ def test_a_new_photo_of_a_view_the_catalogue_lacks_gets_a_clear_answer(catalogue
 def test_index_refuses_a_preset_whose_features_its_stage_0_cannot_read(catalogue, tmp_path, capsys):
     assert main(["index", str(catalogue), "--preset", "sift-mnn", "--cache-dir", str(tmp_path / "cache")]) == 2
     assert "reads DISK features" in capsys.readouterr().err
+
+
+def test_a_damaged_index_is_searched_around_and_rebuilt_by_the_next_update(catalogue, tmp_path, capsys):
+    assert main(["index", str(catalogue), "--preset", PRESET, "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    (index,) = (tmp_path / "cache" / "index").glob("*.sqlite")
+    index.write_bytes(b"garbage" * 1000)
+    for extra in ("-wal", "-shm"):
+        (tmp_path / "cache" / "index" / (index.name + extra)).unlink(missing_ok=True)
+    query = new_view(catalogue, "img030", tmp_path / "q.jpg")
+    capsys.readouterr()
+    assert main(["search", str(query), "--catalogue", str(catalogue), "--viewpoint", "top", *common(tmp_path)]) == 0
+    assert "no index: the one there does not fit: the file is unreadable" in capsys.readouterr().err
+    assert len(pd.read_csv(tmp_path / "out" / "candidates.csv")) == 12  # every comparable photo verified
+    assert main(["index", str(catalogue), "--preset", PRESET, "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    assert "12 new" in capsys.readouterr().out and index.with_suffix(".sqlite.corrupt").is_file()

@@ -164,7 +164,7 @@ def candidates(cur: Curator, catalogue: list[Photo], source, k: int, exhaustive:
         return Candidates(catalogue, cur, source=f"every comparable catalogue photo (no index: {exc})")
     index = indexing.open_index(cur.engine.cache.root, source, cur.engine, stage0, create=False)
     if index is None or index.mismatch:
-        why = "made with other settings" if index is not None else "none yet"
+        why = f"the one there does not fit: {index.mismatch}" if index is not None else "none yet"
         return Candidates(catalogue, cur, source=f"every comparable catalogue photo (no index: {why}; "
                                                  f"`whalematch index {source}` makes searches verify a shortlist)")
     zero = from_index(cur, stage0, catalogue, index)
