@@ -18,12 +18,11 @@ from .decisions import (
     Catalogue,
     Change,
     ChangePlan,
-    inside,
     plan_changes,
     problems_message,
     read_decisions,
-    same_bytes,
 )
+from .photo_sources import inside, same_bytes
 
 
 def apply(plan: ChangePlan, cat: Catalogue, output: Path, photo_dir: Path) -> pd.DataFrame:
