@@ -33,9 +33,8 @@ def run(args, argv: list[str]) -> int:
     plan = indexing.plan_update(index, catalogue)
     cur.hash_only([p for p in plan.todo if p.id in plan.stats])
     print(f"index of {len(catalogue)} catalogue photos ({catalogue_file(args.catalogue)}): {index.path}")
-    print(f"  {len(plan.new)} new, {len(plan.changed)} changed, {len(plan.removed)} removed, "
-          f"{len(plan.relabelled)} relabelled, {plan.unchanged} unchanged"
-          + (f", {plan.resumed} ready from an update that was stopped" if plan.resumed else ""))
+    for line in [f"  {plan.counts()}", *plan.listed()]:
+        print(line)
     cached = sum(1 for p in plan.todo if p.id in cur.shas and engine.has_features(cur.shas[p.id]))
     print(f"  {len(plan.todo)} photos to describe ({cached} with features in the cache; "
           f"{engine.backend.label})")
@@ -44,9 +43,10 @@ def run(args, argv: list[str]) -> int:
         return 0
     t0 = time.perf_counter()
     result = indexing.update(index, catalogue, cur, stage0, progress=not args.quiet)
-    print("\n".join(result.lines()))
+    for line in result.unusable_lines():
+        print(line)
     usable = sum(1 for e in index.published().values() if e.usable)
-    print(f"index up to date: {usable} photos searchable, {len(result.unusable)} unusable, "
+    print(f"index up to date{result.same_content()}: {usable} photos searchable, {len(result.unusable)} unusable, "
           f"{result.extracted} extracted now, in {time.perf_counter() - t0:.1f} s")
     index.close()
     return 0

@@ -84,6 +84,20 @@ class UpdatePlan:
     removed: list[str] = field(default_factory=list)
     stats: dict[str, tuple[int, int]] = field(default_factory=dict)  # image id -> (size, mtime_ns); absent: missing
 
+    def counts(self) -> str:
+        return (f"{len(self.new)} new, {len(self.changed)} changed, {len(self.removed)} removed, "
+                f"{len(self.relabelled)} relabelled, {self.unchanged} unchanged"
+                + (f", {self.resumed} taken from an update that was stopped" if self.resumed else ""))
+
+    def listed(self, most: int = 8) -> list[str]:
+        """The photos new, changed and removed (the first ``most`` of each)."""
+        out = []
+        for what, ids in (("new", self.new), ("changed", self.changed), ("removed", self.removed)):
+            if ids:
+                more = f" and {len(ids) - most} more" if len(ids) > most else ""
+                out.append(f"  {what}: {', '.join(ids[:most])}{more}")
+        return out
+
 
 @dataclass
 class UpdateResult:
@@ -93,20 +107,17 @@ class UpdateResult:
     extracted: int = 0  # images whose features were extracted (not read from the cache)
 
     def lines(self) -> list[str]:
-        p = self.plan
-        out = [f"{len(p.new)} new, {len(p.changed)} changed, {len(p.removed)} removed, {len(p.relabelled)} relabelled, "
-               f"{p.unchanged} unchanged" + (f", {p.resumed} taken from an update that was stopped" if p.resumed
-                                             else "")
-               + (f" ({self.redone_same_content} changed files had the same content)" if self.redone_same_content
-                  else "")]
-        for what, ids in (("new", p.new), ("changed", p.changed), ("removed", p.removed)):
-            if ids:
-                out.append(f"  {what}: {', '.join(ids[:8])}" + (f" and {len(ids) - 8} more" if len(ids) > 8 else ""))
-        for image_id, why in sorted(self.unusable.items())[:20]:
-            out.append(f"  unusable (skipped, kept out of searches): {image_id}: {why}")
-        if len(self.unusable) > 20:
-            out.append(f"  ... and {len(self.unusable) - 20} more unusable photos")
-        return out
+        """What the update did, in words: the counts, the photos new, changed and removed, the unusable ones."""
+        return [self.plan.counts() + self.same_content(), *self.plan.listed(), *self.unusable_lines()]
+
+    def same_content(self) -> str:
+        return (f" ({self.redone_same_content} changed files had the same content: kept)"
+                if self.redone_same_content else "")
+
+    def unusable_lines(self, most: int = 20) -> list[str]:
+        out = [f"  unusable (kept out of searches): {i}: {why}" for i, why in sorted(self.unusable.items())[:most]]
+        return out + ([f"  ... and {len(self.unusable) - most} more unusable photos"] if len(self.unusable) > most
+                      else [])
 
 
 def file_stat(path: Path) -> tuple[int, int] | None:
