@@ -129,7 +129,7 @@ train-global:
 ##                  and exhaustive, sightings together, P(new whale) AUC and calibration; about an hour on 2 cores with
 ##                  the features cached (most of it verifying every comparable photo for the exhaustive baseline)
 train-new-whale:
-	$(PY) -m training.train_new_whale --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --k 200 --verify-top 400 \
+	$(PY) -m training.train_new_whale --catalogue $(CATALOGUE) --cache-dir $(CACHE_DIR) --k 200 --verify-top 300 \
 		--exhaustive --seed 0 --out weights/new-whale-$(PRESET).json --json benchmarks/results/new_whale.json
 
 ## bench-search: catalogue search at scale: whale top-1/top-5 against catalogue size (out of fold), latency per

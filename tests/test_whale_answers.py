@@ -18,30 +18,40 @@ def pairs(rows):
     return pd.DataFrame(rows, columns=list(whale_evidence.PAIR_COLUMNS))
 
 
-def test_a_whale_seen_in_several_photos_beats_one_chance_match_and_weights_halve():
+def test_a_whale_is_ranked_by_its_best_pair_and_sums_are_there_to_measure():
     table = pairs([("q", "a1", "A", 30.0, 29), ("q", "a2", "A", 20.0, 19), ("q", "a3", "A", 4.0, 3),
                    ("q", "b1", "B", 40.0, 39), ("q", "c1", "C", 1.0, 0)])
     r = whale_evidence.whale_ranking(table)
-    assert r["whale"].tolist() == ["A", "B", "C"] and r["rank"].tolist() == [1, 2, 3]
-    assert r["evidence"].iloc[0] == pytest.approx(30 + 10 + 1) and r["best_candidate"].iloc[0] == "a1"
-    assert r["candidates"].iloc[0] == 3 and r["score"].iloc[1] == pytest.approx(40 / 60)
-    assert whale_evidence.whale_ranking(table, decay=0.0)["whale"].tolist() == ["B", "A", "C"]  # max alone
+    assert r["whale"].tolist() == ["B", "A", "C"] and r["rank"].tolist() == [1, 2, 3]
+    assert r["evidence"].tolist() == [40.0, 30.0, 1.0] and r["best_candidate"].iloc[1] == "a1"
+    assert r["candidates"].iloc[1] == 3 and r["score"].iloc[0] == pytest.approx(40 / 60)
+    halved = whale_evidence.whale_ranking(table, decay=0.5)  # the k-th best pair weighs 0.5 ** (k - 1)
+    assert halved["whale"].tolist() == ["A", "B", "C"] and halved["evidence"].iloc[0] == pytest.approx(30 + 10 + 1)
 
 
-def test_a_sightings_photos_add_up_per_whale():
+def test_a_sighting_takes_each_whales_best_pair_over_its_photos():
     table = pairs([("p1", "a1", "A", 25.0, 24), ("p1", "b1", "B", 30.0, 29),
-                   ("p2", "a2", "A", 22.0, 21), ("p2", "b1", "B", 3.0, 2)])
+                   ("p2", "a2", "A", 32.0, 31), ("p2", "b1", "B", 3.0, 2)])
     r = whale_evidence.whale_ranking(table)
     assert r["whale"].tolist() == ["A", "B"] and r["photos"].tolist() == [2, 2]
-    assert r["evidence"].iloc[0] == pytest.approx(25 + 11) and r["best_photo"].iloc[0] == "p1"
+    assert r["evidence"].iloc[0] == 32.0 and r["best_photo"].iloc[0] == "p2" and r["best_candidate"].iloc[0] == "a2"
     one = whale_evidence.whale_ranking(table[table["photo"] == "p1"])
     assert one["whale"].iloc[0] == "B"  # the first photo alone would have said B
+    summed = whale_evidence.whale_ranking(table, photo_decay=1.0)
+    assert summed["evidence"].tolist() == [57.0, 33.0]
 
 
 def test_an_empty_search_ranks_no_whale():
     r = whale_evidence.whale_ranking(pairs([]))
     assert r.empty and list(r.columns) == ["rank", *whale_evidence.WHALE_COLUMNS]
-    assert new_whale.feature_row(r, 1) == [0.0, 0.0, 0.0, 0.0]
+    assert new_whale.feature_row(pairs([])) == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_the_new_whale_features_read_the_best_whales_and_the_level_of_chance_matches():
+    table = pairs([("p1", f"x{i}", f"W{i}", float(i), i) for i in range(1, 11)] + [("p1", "a1", "A", 50.0, 49)])
+    best, second, chance, photos = new_whale.feature_row(table)
+    assert best == pytest.approx(np.log1p(50)) and second == pytest.approx(np.log1p(10))
+    assert chance == pytest.approx(np.log1p(np.quantile([*range(1, 11), 50], 0.9))) and photos == 0.0
 
 
 def model(tmp_path, prior=0.4):
@@ -81,12 +91,12 @@ def test_a_model_file_edited_or_of_another_kind_is_refused_naming_it(tmp_path):
 
 def test_the_judge_says_which_base_rate_and_blank_without_a_model(tmp_path):
     m, _ = model(tmp_path)
-    ranking = whale_evidence.whale_ranking(pairs([("q", "a1", "A", 50.0, 49)]))
+    table = pairs([("q", "a1", "A", 50.0, 49)])
     judge = Judge(m)
-    assert 0 < judge.probability(ranking, 1) < 1 and "base rate of 0.40" in judge.line()
+    assert 0 < judge.probability(table) < 1 and "base rate of 0.40" in judge.line()
     assert "--new-whale-prior" in Judge(m, prior=0.2).line() and Judge(m, prior=0.2).base_rate == 0.2
     blank = Judge(None, why="no file")
-    assert blank.probability(ranking, 1) is None and "left blank: no file" in blank.line()
+    assert blank.probability(table) is None and "left blank: no file" in blank.line()
 
 
 def test_the_shipped_model_if_any_fits_the_default_preset():
@@ -116,10 +126,10 @@ def test_a_sighting_is_identified_from_all_its_photos():
     whale_of = {"a1": "A", "a2": "A", "b1": "B"}
     rows = {"p1": [{"image_a": "p1", "image_b": "b1", "strength": 30.0, "n_inliers": 29},
                    {"image_a": "p1", "image_b": "a1", "strength": 25.0, "n_inliers": 24}],
-            "p2": [{"image_a": "p2", "image_b": "a2", "strength": 22.0, "n_inliers": 21},
+            "p2": [{"image_a": "p2", "image_b": "a2", "strength": 33.0, "n_inliers": 32},
                    {"image_a": "p2", "image_b": "x9", "strength": 99.0, "n_inliers": 98}]}  # x9: no whale id
     s = sightings.Sighting("enc", [Photo("p1", "p1.jpg"), Photo("p2", "p2.jpg"), Photo("p3", "p3.jpg")])
     found = sightings.identify(s, rows, whale_of, None)
-    assert found.searched == ["p1", "p2"] and found.ranking["whale"].tolist() == ["A", "B"]
+    assert found.searched == ["p1", "p2"] and found.ranking["whale"].tolist() == ["A", "B"]  # p1 alone: B
     row = found.row("out/enc")
     assert row["best_whale"] == "A" and row["second_whale"] == "B" and row["photos"] == 3 and row["p_new_whale"] is None

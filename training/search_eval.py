@@ -21,8 +21,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from matcher.curation import whale_evidence
-from matcher.curation.catalogue_search import StageZero, search_tasks
+from matcher.curation.catalogue_search import PER_WHALE, StageZero, search_tasks
 from matcher.curation.curator import Curator
+from matcher.curation.shortlist import capped
 from matcher.engine import Engine
 from matcher.features.global_head import GlobalHead
 from matcher.features.stage import mirror_key
@@ -32,7 +33,8 @@ from training.head_training import TRAIN
 from training.sighting_split import Sighting, sightings
 
 log = logging.getLogger("search_eval")
-PAIR_COLUMNS = ["sighting", "photo", "candidate", "whale", "strength", "n_inliers", "stage0_rank", "stage0_sim"]
+PAIR_COLUMNS = ["sighting", "photo", "candidate", "whale", "strength", "n_inliers", "stage0_rank", "stage0_sim",
+                "capped_rank"]
 
 
 @dataclass
@@ -92,41 +94,63 @@ def stage0_orders(s: Setup) -> dict[tuple[str, str], list[tuple[Photo, float]]]:
             if q not in z.row_of:
                 continue
             emb = z.embeddings[z.row_of[q]]
-            out[(x.id, q)] = z.shortlist(photo, emb, mirrors.get((x.fold, q)), len(z.photos), exclude=x.excluded)
+            out[(x.id, q)] = z.shortlist(photo, emb, mirrors.get((x.fold, q)), len(z.photos), exclude=x.excluded,
+                                         per_whale=None)
+    return out
+
+
+def capped_ranks(ranked: list[tuple[Photo, float]], per_whale: int | None) -> np.ndarray:
+    """Each candidate's place in the shortlist order that keeps at most ``per_whale`` photos of a whale (the
+    product's, :func:`matcher.curation.shortlist.capped`), -1 for those the cap leaves out."""
+    out = np.full(len(ranked), -1, np.int64)
+    if not per_whale:
+        out[:] = np.arange(len(ranked))
+        return out
+    kept = capped(np.arange(len(ranked)), np.array([p.whale_id for p, _ in ranked], dtype=object), per_whale)
+    out[kept] = np.arange(len(kept))
     return out
 
 
 def verified_pairs(s: Setup, verify_top: int, exhaustive: bool = False, chunk: int = 20000,
-                   orders: dict | None = None) -> pd.DataFrame:
-    """Every pair of a sighting photo with its first ``verify_top`` stage-0 candidates (all of them for the
-    returning sightings with ``exhaustive``), verified, as rows of :data:`PAIR_COLUMNS` (``orders``: those of
-    :func:`stage0_orders`, computed here when not given)."""
+                   orders: dict | None = None, per_whale: int | None = PER_WHALE) -> pd.DataFrame:
+    """Every pair of a sighting photo with its first ``verify_top`` stage-0 candidates, with at most ``per_whale``
+    of a whale (all of them for the returning sightings with ``exhaustive``), verified, as rows of
+    :data:`PAIR_COLUMNS` (``orders``: those of :func:`stage0_orders`, computed here when not given)."""
     orders = stage0_orders(s) if orders is None else orders
     by_id = {x.id: x for x in s.sightings}
     todo, meta = [], []
     for (sid, q), ranked in orders.items():
-        top = len(ranked) if exhaustive and not by_id[sid].new else verify_top
-        chosen = ranked[:top]
-        tasks = search_tasks(s.photos[q], [p for p, _ in chosen])
+        capped_rank = capped_ranks(ranked, per_whale)
+        every = exhaustive and not by_id[sid].new
+        chosen = [i for i in range(len(ranked)) if every or 0 <= capped_rank[i] < verify_top]
+        tasks = search_tasks(s.photos[q], [ranked[i][0] for i in chosen])
         todo += tasks
-        meta += [(sid, q, t.b.id, rank, sim) for t, (rank, (_, sim)) in zip(tasks, enumerate(chosen))]
+        meta += [(sid, q, t.b.id, i, ranked[i][1], capped_rank[i]) for t, i in zip(tasks, chosen)]
     log.info("%d sighting photos, %d pairs (verify_top %d%s)", len(orders), len(todo), verify_top,
              ", returning sightings exhaustive" if exhaustive else "")
     rows = []
     for start in tqdm(range(0, len(todo), chunk), desc="verifying sighting pairs", unit="chunk"):
         rows += s.cur.verify(todo[start:start + chunk])
     whale = {i: p.whale_id for i, p in s.photos.items()}
-    table = pd.DataFrame([(sid, q, c, whale[c], r["strength"], r["n_inliers"], rank, sim)
-                          for (sid, q, c, rank, sim), r in zip(meta, rows) if not r.get("error")],
+    table = pd.DataFrame([(sid, q, c, whale[c], r["strength"], r["n_inliers"], rank, sim, cr)
+                          for (sid, q, c, rank, sim, cr), r in zip(meta, rows) if not r.get("error")],
                          columns=PAIR_COLUMNS)
     return table
 
 
+def shortlisted(pairs: pd.DataFrame, k: int | None, per_whale_cap: bool = True) -> pd.DataFrame:
+    """The pairs a shortlist of ``k`` verifies (all with ``None``): by the capped order, or the plain one."""
+    if k is None:
+        return pairs
+    rank = pairs["capped_rank"] if per_whale_cap else pairs["stage0_rank"]
+    return pairs[(rank >= 0) & (rank < k)]
+
+
 def rankings(pairs: pd.DataFrame, k: int | None, decay: float = whale_evidence.DECAY,
-             photo_decay: float | None = None) -> dict[str, pd.DataFrame]:
-    """Per sighting: its whale ranking from the pairs of stage-0 rank below ``k`` (all with ``None``);
+             photo_decay: float | None = None, per_whale_cap: bool = True) -> dict[str, pd.DataFrame]:
+    """Per sighting: its whale ranking from the pairs a shortlist of ``k`` verifies (:func:`shortlisted`);
     ``photo_decay`` (default ``decay``) combines a sighting's photos."""
-    part = pairs if k is None else pairs[pairs["stage0_rank"] < k]
+    part = shortlisted(pairs, k, per_whale_cap)
     out = {}
     for sid, g in part.groupby("sighting", sort=True):
         out[sid] = whale_evidence.whale_ranking(g[list(whale_evidence.PAIR_COLUMNS)], decay,

@@ -37,6 +37,9 @@ from matcher import config, presets
 from matcher.cascade.global_descriptors import GlobalStage
 from matcher.curation import new_whale, whale_evidence
 from matcher.curation.calibration import brier_score, expected_calibration_error, reliability_table
+from matcher.curation.catalogue_search import PER_WHALE
+from matcher.curation.options import DEFAULT_K
+from matcher.curation.shortlist import capped
 from training import search_eval
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,7 +55,7 @@ def stage0_recall(s: search_eval.Setup, orders: dict, ks=KS) -> pd.DataFrame:
     s.cur.prepare(list(s.photos.values()))
     asmk.describe({s.cur.shas[i] for i in s.photos if i in s.cur.shas})
     rows = []
-    for name in ("learned head (fold)", "ASMK"):
+    for name in ("learned head (fold)", f"learned head (fold), at most {PER_WHALE} a whale", "ASMK"):
         sight, photo = {k: [] for k in ks}, {k: [] for k in ks}
         for x in s.sightings:
             if x.new:
@@ -60,6 +63,10 @@ def stage0_recall(s: search_eval.Setup, orders: dict, ks=KS) -> pd.DataFrame:
             best = np.inf
             for q in x.photos:
                 ranked = [p for p, _ in orders.get((x.id, q), [])]
+                if "at most" in name:
+                    ranked = [ranked[i] for i in capped(np.arange(len(ranked)),
+                                                        np.array([p.whale_id for p in ranked], dtype=object),
+                                                        PER_WHALE)]
                 if name == "ASMK" and ranked:
                     sims = asmk.score_block([s.cur.shas[q]], [s.cur.shas[p.id] for p in ranked])[0]
                     ranked = [ranked[i] for i in np.lexsort((np.arange(len(ranked)), -sims))]
@@ -76,36 +83,48 @@ def stage0_recall(s: search_eval.Setup, orders: dict, ks=KS) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def accuracy_table(s: search_eval.Setup, pairs: pd.DataFrame, ks, exhaustive: bool) -> pd.DataFrame:
-    """Whale top-1 and top-5 of the returning sightings per K and way of combining evidence."""
+def accuracy_table(s: search_eval.Setup, pairs: pd.DataFrame, ks, exhaustive: bool, k: int) -> pd.DataFrame:
+    """Whale top-1 and top-5 of the returning sightings: per K, shortlists with at most PER_WHALE photos of a
+    whale and without a limit (the whale's best pair); then, at ``k`` and verifying everything, the sums of a
+    whale's pairs (decay: the weight of its k-th best pair, decay ** (k - 1))."""
     rows = []
-    for k in [*ks, *([None] if exhaustive else [])]:
+    for kk in ks:
+        for cap in (True, False):
+            hits = search_eval.top_hits(s, search_eval.rankings(pairs, kk, per_whale_cap=cap), (1, 5))
+            rows.append({"candidates": f"K={kk}", "per whale": PER_WHALE if cap else "no limit",
+                         "combined": "best pair", "top-1": hits[1], "top-5": hits[5]})
+    for kk in [k, *([None] if exhaustive else [])]:
         for d in DECAYS:
-            hits = search_eval.top_hits(s, search_eval.rankings(pairs, k, d), (1, 5))
-            rows.append({"candidates": "every comparable photo" if k is None else f"K={k}", "decay": d,
+            hits = search_eval.top_hits(s, search_eval.rankings(pairs, kk, d), (1, 5))
+            rows.append({"candidates": "every comparable photo" if kk is None else f"K={kk}",
+                         "per whale": PER_WHALE if kk else "", "combined": "best pair" if d == 0 else f"decay {d}",
                          "top-1": hits[1], "top-5": hits[5]})
     return pd.DataFrame(rows)
 
 
 def together_table(s: search_eval.Setup, pairs: pd.DataFrame, k: int | None) -> pd.DataFrame:
-    """Returning sightings of two or more photos: top-1 identified together, against one photo at a time (the
-    photo whose own best whale scores highest, the mean photo, and the best photo in hindsight)."""
+    """Returning sightings of two or more photos: top-1 identified together (the shipped rule; and adding up the
+    photos' evidence, decay 0.5), against one photo at a time (the photo whose own best whale scores highest,
+    the mean photo, and the best photo in hindsight)."""
     several = [x for x in s.sightings if not x.new and len(x.photos) > 1]
-    part = pairs if k is None else pairs[pairs["stage0_rank"] < k]
-    together, confident, mean, oracle = [], [], [], []
+    part = search_eval.shortlisted(pairs, k)
+    cols = list(whale_evidence.PAIR_COLUMNS)
+    together, summed, confident, mean, oracle = [], [], [], [], []
     for x in several:
         g = part[part["sighting"] == x.id]
-        r = whale_evidence.whale_ranking(g[list(whale_evidence.PAIR_COLUMNS)])
-        together.append(len(r) > 0 and r["whale"].iloc[0] == x.whale)
+        for out, decay in ((together, whale_evidence.DECAY), (summed, 0.5)):
+            r = whale_evidence.whale_ranking(g[cols], photo_decay=decay)
+            out.append(len(r) > 0 and r["whale"].iloc[0] == x.whale)
         single = []
         for q in x.photos:
-            rq = whale_evidence.whale_ranking(g[g["photo"] == q][list(whale_evidence.PAIR_COLUMNS)])
+            rq = whale_evidence.whale_ranking(g[g["photo"] == q][cols])
             if len(rq):
                 single.append((float(rq["evidence"].iloc[0]), rq["whale"].iloc[0] == x.whale))
         confident.append(max(single)[1] if single else False)
         mean.append(np.mean([h for _, h in single]) if single else 0.0)
         oracle.append(any(h for _, h in single))
     return pd.DataFrame([{"sightings": len(several), "together": np.mean(together),
+                          "together, photos added (decay 0.5)": np.mean(summed),
                           "most confident photo": np.mean(confident), "a photo on average": np.mean(mean),
                           "best photo in hindsight": np.mean(oracle)}])
 
@@ -113,21 +132,18 @@ def together_table(s: search_eval.Setup, pairs: pd.DataFrame, k: int | None) -> 
 def feature_rows(s: search_eval.Setup, pairs: pd.DataFrame, k: int) -> pd.DataFrame:
     """One row per sighting and per photo alone (of sightings of several photos): the model's features, whether
     it is a new whale, the whale's fold, and which kind of row."""
-    part = pairs[pairs["stage0_rank"] < k]
+    part = search_eval.shortlisted(pairs, k)
     cols = list(whale_evidence.PAIR_COLUMNS)
     by_sighting = {sid: g for sid, g in part.groupby("sighting")}
     rows = []
     for x in s.sightings:
-        g = by_sighting.get(x.id, part.iloc[0:0])
-        searched = sorted(set(g["photo"]))
-        if not searched:
+        g = by_sighting.get(x.id, part.iloc[0:0])[cols]
+        if g.empty:
             continue
-        rows.append([*new_whale.feature_row(whale_evidence.whale_ranking(g[cols]), len(searched)), x.new, x.fold,
-                     "sighting", x.id])
-        if len(searched) > 1:
-            for q in searched:
-                rq = whale_evidence.whale_ranking(g[g["photo"] == q][cols])
-                rows.append([*new_whale.feature_row(rq, 1), x.new, x.fold, "photo alone", x.id])
+        rows.append([*new_whale.feature_row(g), x.new, x.fold, "sighting", x.id])
+        if g["photo"].nunique() > 1:
+            for _, gq in g.groupby("photo"):
+                rows.append([*new_whale.feature_row(gq), x.new, x.fold, "photo alone", x.id])
     return pd.DataFrame(rows, columns=[*new_whale.FEATURES, "new", "fold", "kind", "sighting"])
 
 
@@ -184,7 +200,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--catalogue", type=Path, default=REPO.parent / "shared" / "belugas")
     p.add_argument("--cache-dir", type=Path, default=config.default_cache_dir())
-    p.add_argument("--k", type=int, default=200, help="the shortlist the shipped model is fitted with")
+    p.add_argument("--k", type=int, default=DEFAULT_K, help="the shortlist the shipped model is fitted with")
     p.add_argument("--verify-top", type=int, default=max(KS), help="stage-0 candidates verified per photo")
     p.add_argument("--exhaustive", action="store_true",
                    help="also verify every comparable photo for the returning sightings (the baseline)")
@@ -209,9 +225,8 @@ def main(argv=None) -> int:
     print(markdown(recall))
     pairs = search_eval.verified_pairs(s, args.verify_top, args.exhaustive, orders=orders)
     ks = [k for k in KS if k <= args.verify_top]
-    acc = accuracy_table(s, pairs, ks, args.exhaustive)
-    print("\n## Whale top-1 / top-5 of the returning sightings (decay: weight of a whale's k-th best photo, "
-          "decay ** (k - 1))\n")
+    acc = accuracy_table(s, pairs, ks, args.exhaustive, args.k)
+    print("\n## Whale top-1 / top-5 of the returning sightings\n")
     print(markdown(acc))
     together = pd.concat([together_table(s, pairs, k).assign(candidates=f"K={k}") for k in (args.k,)] +
                          ([together_table(s, pairs, None).assign(candidates="every comparable photo")]

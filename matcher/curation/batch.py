@@ -188,7 +188,8 @@ def run(args, argv: list[str]) -> int:
     catalogue = search.catalogue_of(args)
     queries = distinct_ids(read_new_photos(args.batch, args.viewpoint), catalogue)
     cur = from_options(args, args.calibration)
-    found = catalogue_search.candidates(cur, catalogue, args.catalogue, args.k, args.exhaustive)
+    found = catalogue_search.candidates(cur, catalogue, args.catalogue, args.k, args.exhaustive,
+                                        args.per_whale or None)
     print(f"searching {len(queries)} new photos from {args.batch} against {len(catalogue)} catalogue images; "
           f"{cur.extraction_line(queries)}; candidates: {found.source}", file=sys.stderr)
     tasks = batch_tasks(queries, found, args.mirror, args.all_views)

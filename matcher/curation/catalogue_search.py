@@ -40,6 +40,9 @@ def search_tasks(query: Photo, catalogue: list[Photo], mirror: bool = False, all
     return tasks
 
 
+PER_WHALE = 3  # photos of one whale a shortlist keeps at most (benchmarks/RESULTS.md, catalogue search)
+
+
 @dataclass
 class StageZero:
     """Catalogue photos (rows) with their int8 embeddings."""
@@ -52,6 +55,7 @@ class StageZero:
     def __post_init__(self):
         self.views = np.array([p.viewpoint for p in self.photos], dtype=object)
         self.groups = view_groups(self.views)
+        self.whales = np.array([p.whale_id for p in self.photos], dtype=object)
         self.row_of = {p.id: i for i, p in enumerate(self.photos)}
 
     def comparable(self, query: Photo, all_views: bool = False, exclude=frozenset()) -> np.ndarray:
@@ -64,12 +68,15 @@ class StageZero:
         return rows[~np.isin(rows, list(drop))] if drop else rows
 
     def shortlist(self, query: Photo, embedding: np.ndarray, mirror: np.ndarray | None, k: int,
-                  all_views: bool = False, exclude=frozenset()) -> list[tuple[Photo, float]]:
-        """The ``k`` comparable catalogue photos most like the new photo, best first, with their similarity."""
+                  all_views: bool = False, exclude=frozenset(), per_whale: int | None = PER_WHALE
+                  ) -> list[tuple[Photo, float]]:
+        """The ``k`` comparable catalogue photos most like the new photo, best first, with their similarity, at most
+        ``per_whale`` of one whale (``None``: no limit)."""
         rows = self.comparable(query, all_views, exclude)
         if len(rows) == 0:
             return []
-        best, sims = shortlist(embedding, mirror, query.viewpoint, self.embeddings, self.views, k, rows)
+        best, sims = shortlist(embedding, mirror, query.viewpoint, self.embeddings, self.views, k, rows,
+                               self.whales, per_whale)
         return [(self.photos[r], float(s)) for r, s in zip(best, sims)]
 
     def memory_bytes(self) -> int:
@@ -137,6 +144,7 @@ class Candidates:
     stage0: object = None  # the index's GlobalStage (embeds new photos)
     k: int = 0
     source: str = ""  # in words: what decides the candidates
+    per_whale: int | None = PER_WHALE
 
     def tasks(self, query: Photo, mirror: bool = False, all_views: bool = False) -> list[PairTask]:
         """The pairs to verify for a new photo (none when the photo is unusable: ``cur.bad`` says why)."""
@@ -145,7 +153,7 @@ class Candidates:
         own, flipped = query_embeddings(self.cur, self.stage0, query)
         if own is None:
             return []
-        short = self.zero.shortlist(query, own, flipped, self.k, all_views)
+        short = self.zero.shortlist(query, own, flipped, self.k, all_views, per_whale=self.per_whale)
         return search_tasks(query, [p for p, _ in short], mirror, all_views)
 
     def comparable_photos(self, query: Photo, all_views: bool = False) -> list[Photo]:
@@ -153,7 +161,8 @@ class Candidates:
         return [t.b for t in search_tasks(query, self.catalogue, False, all_views)]
 
 
-def candidates(cur: Curator, catalogue: list[Photo], source, k: int, exhaustive: bool = False) -> Candidates:
+def candidates(cur: Curator, catalogue: list[Photo], source, k: int, exhaustive: bool = False,
+               per_whale: int | None = PER_WHALE) -> Candidates:
     """How a search picks its candidates: the catalogue's index when there is one (described photo by photo
     where it is stale) and ``exhaustive`` is not asked, else every comparable photo."""
     if exhaustive:
@@ -171,9 +180,10 @@ def candidates(cur: Curator, catalogue: list[Photo], source, k: int, exhaustive:
     index.close()
     stale = (f"; {len(zero.described_now)} photos not in the index as they are now were described for this search "
              f"(`whalematch index {source}` keeps them)") if zero.described_now else ""
+    cap = f", at most {per_whale} of a whale" if per_whale else ""
     return Candidates(catalogue, cur, zero, stage0, k,
-                      f"the {k} photos most alike by stage 0 ({presets.CATALOGUE_STAGE0}) of the index "
-                      f"{index.path} ({len(zero.photos)} photos){stale}")
+                      f"the {k} photos most alike by stage 0 ({presets.CATALOGUE_STAGE0}{cap}) of the index "
+                      f"{index.path} ({len(zero.photos)} photos){stale}", per_whale)
 
 
 PAIRS_PER_S_PER_WORKER = 165  # verified pairs/s of one CPU worker, disk-mnn (benchmarks/RESULTS.md: 330 on 2 cores)

@@ -1,13 +1,14 @@
 """P(new whale): the probability that none of the catalogue's whales is the one a sighting shows.
 
-Read from the sighting's whale ranking (:mod:`.whale_evidence`): how strong the best whale's evidence is,
-how far it stands above the second, the best single pair, and how many photos were searched. A logistic
-model over those (:data:`FEATURES`), fitted with the two classes weighing equally, gives the log-odds at
-even odds; the base rate of new whales then moves it (``prior``: by default the share of new whales among
-the sightings it was fitted on, which the file states, since a catalogue's own share is what a curator
-knows best: ``--new-whale-prior``). Fitted and measured out of fold, folds split by whale, on the
-development photos played as sightings (``training/train_new_whale.py``: each whale's latest encounter
-searched against the catalogue without it; whales seen once are the new ones).
+Read from the sighting's verified pairs (:mod:`.whale_evidence`): how strong the best whale's evidence is,
+the second whale's, the level that chance matches reach for these photos (the 90th centile of their
+verified pairs' strengths: photos with much texture in the water match everything a little), and how many
+photos were searched. A logistic model over those (:data:`FEATURES`), fitted with the two classes weighing
+equally, gives the log-odds at even odds; the base rate of new whales then moves it (``prior``: by default
+the share of new whales among the sightings it was fitted on, which the file states, since a catalogue's own
+share is what a curator knows best: ``--new-whale-prior``). Fitted and measured out of fold, folds split by
+whale, on the development photos played as sightings (``training/train_new_whale.py``: each whale's latest
+encounter searched against the catalogue without it; whales the catalogue then lacks are the new ones).
 
 The model ships as JSON (``weights/new-whale-<preset>.json``): format and version, the verdict settings
 key it is valid for, the stage-0 settings and shortlist size it was fitted with, the coefficients, what
@@ -27,18 +28,22 @@ import pandas as pd
 
 from ..errors import WeightsError
 from ..io import tree_file, weights
+from . import whale_evidence
 
 FORMAT = "whalematch-new-whale"
 VERSION = 1
-FEATURES = ("log_best_evidence", "log_second_evidence", "log_best_strength", "log_photos")
+FEATURES = ("log_best_whale", "log_second_whale", "log_chance_level", "log_photos")
+CHANCE_CENTILE = 0.9  # of a photo's verified pairs' strengths: the level chance matches reach for it
 
 
-def feature_row(ranking: pd.DataFrame, photos: int) -> list[float]:
-    """:data:`FEATURES` of a sighting: its whale ranking (best first) and how many of its photos were searched."""
-    ev = ranking["evidence"].to_numpy(np.float64) if len(ranking) else np.zeros(0)
-    best = float(ranking["best_strength"].max()) if len(ranking) else 0.0
-    return [math.log1p(ev[0] if len(ev) else 0.0), math.log1p(ev[1] if len(ev) > 1 else 0.0), math.log1p(best),
-            math.log(max(1, photos))]
+def feature_row(pairs: pd.DataFrame) -> list[float]:
+    """:data:`FEATURES` of a sighting from its verified pairs (:data:`.whale_evidence.PAIR_COLUMNS`)."""
+    if pairs.empty:
+        return [0.0, 0.0, 0.0, 0.0]
+    ev = whale_evidence.whale_ranking(pairs)["evidence"].to_numpy(np.float64)
+    chance = float(pairs.groupby("photo")["strength"].quantile(CHANCE_CENTILE).mean())
+    return [math.log1p(ev[0]), math.log1p(ev[1] if len(ev) > 1 else 0.0), math.log1p(chance),
+            math.log(pairs["photo"].nunique())]
 
 
 def logit(p: float) -> float:
@@ -131,11 +136,11 @@ class Judge:
     def base_rate(self) -> float | None:
         return None if self.model is None else (self.model.prior if self.prior is None else self.prior)
 
-    def probability(self, ranking: pd.DataFrame, photos: int) -> float | None:
-        """P(new whale) of a sighting of ``photos`` photos with this whale ranking (None without a model)."""
-        if self.model is None:
+    def probability(self, pairs: pd.DataFrame) -> float | None:
+        """P(new whale) of a sighting from its verified pairs (None without a model, or with no pair)."""
+        if self.model is None or pairs.empty:
             return None
-        return round(float(self.model.probability([feature_row(ranking, photos)], self.base_rate)[0]), 4)
+        return round(float(self.model.probability([feature_row(pairs)], self.base_rate)[0]), 4)
 
     def line(self) -> str:
         """Which base rate P(new whale) assumes and why, or why there is none."""

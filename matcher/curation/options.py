@@ -14,6 +14,7 @@ from ..config import env
 from ..errors import WhaleMatchError
 from ..options import add_engine_options
 from . import apply_decisions, audit, batch, calibrate, decisions, index, search, verify
+from .catalogue_search import PER_WHALE
 
 DEFAULT_OUT = "whalematch-out"
 DEFAULT_K = 200  # catalogue photos verified per new photo with an index (benchmarks/RESULTS.md, catalogue search)
@@ -98,6 +99,8 @@ def search_options(s: argparse.ArgumentParser) -> None:
     s.add_argument("--k", type=positive_int, default=DEFAULT_K,
                    help="with an index (whalematch index): verify the K catalogue photos stage 0 finds most alike "
                         "for each new photo")
+    s.add_argument("--per-whale", type=int, default=PER_WHALE,
+                   help="with an index: at most this many photos of one whale in a shortlist (0: no limit)")
     s.add_argument("--exhaustive", action="store_true",
                    help="verify every comparable catalogue photo, index or not")
     s.add_argument("--group-by", choices=("encounter", "date", "none"), default="encounter",

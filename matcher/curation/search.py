@@ -51,10 +51,10 @@ def whale_table(ranking: pd.DataFrame, rows: list[dict], whale_of: dict[str, str
     return out
 
 
-def labelled_ranking(rows: list[dict], whale_of: dict[str, str], photo: str = "") -> pd.DataFrame:
-    """The whale ranking of result rows whose catalogue photo has a whale id (:mod:`.whale_evidence`)."""
+def labelled_pairs(rows: list[dict], whale_of: dict[str, str], photo: str = "") -> pd.DataFrame:
+    """The verified pairs of result rows whose catalogue photo has a whale id (:mod:`.whale_evidence`)."""
     labelled = [r for r in rows if not r.get("error") and whale_of.get(r["image_b"])]
-    return whale_evidence.whale_ranking(whale_evidence.pairs_table(labelled, whale_of, photo))
+    return whale_evidence.pairs_table(labelled, whale_of, photo)
 
 
 def pictured(rows: list[dict], whales: list[dict], top: int) -> list[dict]:
@@ -90,7 +90,8 @@ def search(cur: Curator, query: Photo, tasks: list[PairTask], catalogue: list[Ph
     rows = rank_rows(cur.verify(tasks), cur)
     by_id = {t.b.id: t for t in tasks}
     whale_of = {p.id: p.whale_id for p in catalogue if p.whale_id}
-    ranking = labelled_ranking(rows, whale_of) if whale_of else None
+    pairs = labelled_pairs(rows, whale_of) if whale_of else None
+    ranking = whale_evidence.whale_ranking(pairs) if whale_of else None
     whales = whale_table(ranking, rows, whale_of, cur) if whale_of else []
     cur.draw_many([(by_id[r["image_b"]], r) for r in pictured(rows, whales, top)], images_dir, outliers)
     pictures = {r["image_b"]: r.get("picture", "") for r in rows if not r.get("error")}
@@ -98,7 +99,7 @@ def search(cur: Curator, query: Photo, tasks: list[PairTask], catalogue: list[Ph
         w["picture"] = pictures.get(w["best_image"], "")
     for r in rows:
         r["whale_id"] = whale_of.get(r["image_b"], "")
-    p_new = judge.probability(ranking, 1) if judge is not None and ranking is not None and tasks else None
+    p_new = judge.probability(pairs) if judge is not None and pairs is not None else None
     return SearchResult(query, tasks, rows, whales, whale_of, ranking, p_new)
 
 
@@ -216,7 +217,8 @@ def run(args, argv: list[str]) -> int:
     query = Photo(query.id, query.path, (args.viewpoint or "").lower())
     all_views = args.all_views or not args.viewpoint
     cur = from_options(args, args.calibration)
-    found = catalogue_search.candidates(cur, catalogue, args.catalogue, args.k, args.exhaustive)
+    found = catalogue_search.candidates(cur, catalogue, args.catalogue, args.k, args.exhaustive,
+                                        args.per_whale or None)
     comparable = found.comparable_photos(query, all_views)
     if not comparable:
         raise WhaleMatchError(no_comparable(query, catalogue))

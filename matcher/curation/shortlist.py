@@ -54,10 +54,24 @@ def comparable_rows(groups: np.ndarray, query_view: str, all_views: bool = False
     return np.flatnonzero((groups == view_group(query_view)) | (groups == ""))
 
 
+def capped(order: np.ndarray, whales: np.ndarray, per_whale: int) -> np.ndarray:
+    """The positions of ``order`` kept when each whale keeps at most ``per_whale`` (an empty id: no limit)."""
+    seen: dict = {}
+    keep = []
+    for i, w in enumerate(whales[order]):
+        if not w or seen.get(w, 0) < per_whale:
+            seen[w] = seen.get(w, 0) + 1
+            keep.append(i)
+    return np.asarray(keep, np.int64)
+
+
 def shortlist(query: np.ndarray, query_mirror: np.ndarray | None, query_view: str, embeddings: np.ndarray,
-              views: np.ndarray, k: int, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+              views: np.ndarray, k: int, rows: np.ndarray | None = None, whales: np.ndarray | None = None,
+              per_whale: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best catalogue rows for a new photo among ``rows`` (default: all), best first, and their
-    similarities. A flank's opposite flanks are scored with ``query_mirror`` (its mirror's embedding)."""
+    similarities; with ``whales`` (each row's whale id) and ``per_whale``, at most that many photos of one whale
+    (the next best photos of other whales take the places). A flank's opposite flanks are scored with
+    ``query_mirror`` (its mirror's embedding)."""
     rows = np.arange(len(embeddings)) if rows is None else np.asarray(rows)
     sims = similarities(query, embeddings, rows)
     if query_mirror is not None and query_view in LATERAL:
@@ -65,5 +79,13 @@ def shortlist(query: np.ndarray, query_mirror: np.ndarray | None, query_view: st
         flip = np.flatnonzero(views[rows] == opposite)
         if len(flip):
             sims[flip] = similarities(query_mirror, embeddings, rows[flip])
-    best = top_k(sims, k)
-    return rows[best], sims[best]
+    if whales is None or not per_whale:
+        best = top_k(sims, k)
+        return rows[best], sims[best]
+    depth = min(len(rows), 4 * k)
+    while True:  # the best ``depth`` rows, capped per whale; deeper until k are kept or every row was looked at
+        order = top_k(sims, depth)
+        kept = order[capped(rows[order], whales, per_whale)][:k]
+        if len(kept) >= k or depth >= len(rows):
+            return rows[kept], sims[kept]
+        depth = min(len(rows), 4 * depth)

@@ -72,5 +72,5 @@ def identify(sighting: Sighting, rows_by_photo: dict[str, list[dict]], whale_of:
     searched = [p.id for p in sighting.photos if rows_by_photo.get(p.id)]
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=whale_evidence.PAIR_COLUMNS)
     ranking = whale_evidence.whale_ranking(pairs)
-    p_new = judge.probability(ranking, len(searched)) if judge is not None and searched and whale_of else None
+    p_new = judge.probability(pairs) if judge is not None and whale_of else None
     return Identified(sighting, ranking, searched, p_new)
