@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import logging
 import sys
 import tempfile
 import time
@@ -64,8 +65,9 @@ def inputs(f0: dict, f1: dict) -> dict:
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Matches both found, of those either found (1 when neither found any)."""
     sa, sb = {tuple(x) for x in a.tolist()}, {tuple(x) for x in b.tolist()}
-    return len(sa & sb) / max(1, len(sa | sb))
+    return len(sa & sb) / len(sa | sb) if sa | sb else 1.0
 
 
 def main(argv=None) -> int:
@@ -76,6 +78,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     config.setup_logging(False)
+    logging.getLogger("onnx_ir").setLevel(logging.WARNING)  # the exporter's passes log every initializer
     if importlib.util.find_spec("onnxscript") is None or importlib.util.find_spec("onnxruntime") is None:
         print("the export needs onnxscript and the timing onnxruntime: pip install onnxscript onnxruntime",
               file=sys.stderr)
