@@ -214,3 +214,29 @@ def test_an_index_database_locked_by_a_writer_is_waited_for(tmp_path):
     assert reader.published() == {}  # readers never wait for the writer (write-ahead log)
     conn.rollback()
     conn.close()
+
+
+def test_searches_during_an_update_see_the_whole_old_or_the_whole_new_index(tmp_path, catalogue):
+    """A reader in another thread, snapshotting while an update changes every photo, sees one of two states."""
+    import threading
+
+    index, _, _ = update(tmp_path, catalogue)
+    old = {e.image_id: e.sha for e in index.snapshot().entries}
+    for p in (catalogue / "images").glob("*.jpg"):
+        p.write_bytes(p.read_bytes() + b"\0")  # every file changes: new hashes everywhere
+    seen, stop = [], threading.Event()
+
+    def read():
+        reader = CatalogueIndex(tmp_path / "cache" / "index.sqlite", SETTINGS, create=False)
+        while not stop.is_set():
+            seen.append({e.image_id: e.sha for e in reader.snapshot().entries})
+
+    t = threading.Thread(target=read)
+    t.start()
+    try:
+        index, _, _ = update(tmp_path, catalogue, chunk=2)
+    finally:
+        stop.set()
+        t.join()
+    new = {e.image_id: e.sha for e in index.snapshot().entries}
+    assert new != old and seen and all(s in (old, new) for s in seen)

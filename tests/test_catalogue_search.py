@@ -108,7 +108,8 @@ def test_the_photos_of_a_sighting_are_identified_together(catalogue, tmp_path, c
     assert enc["photos"].tolist() == [2, 1] and enc["photo_ids"].iloc[0] == "a;b"
     page = tmp_path / "out" / "sightings" / "encounter_e1" / "report.html"
     assert page.is_file() and "Whales of the sighting" in page.read_text()
-    assert 'data-photos="[&quot;a&quot;, &quot;b&quot;]"' in page.read_text()  # a decision stands for both photos
+    files = ", ".join(f"&quot;{new / n}&quot;" for n in ("a.jpg", "b.jpg"))
+    assert f'data-photos="[{files}]"' in page.read_text()  # a decision stands for both photos (by their files)
     assert "identified together" in text
 
 

@@ -138,7 +138,7 @@ def test_decisions_are_clicked_kept_over_a_reload_exported_and_keyed(browser, se
     cands = pd.read_csv(page.parent / "candidates.csv", keep_default_na=False)
     images = list(cands["image_b"])
     assert [c for c, _, _ in state(drv, "candidates")] == images  # every candidate has the controls
-    assert drv.find_element(By.ID, "wm-status").text.startswith("0 of 9 decided")
+    assert drv.find_element(By.ID, "wm-status").text.startswith("0 of 10 decided")  # and "a new whale?"
 
     drv.find_element(By.ID, "wm-reviewer").send_keys("Ada")
     button(drv, "candidates", 1, "same").click()
@@ -154,7 +154,7 @@ def test_decisions_are_clicked_kept_over_a_reload_exported_and_keyed(browser, se
     # The whales table shows the decision of its best image (one pair, one decision).
     whales = {c: d for c, d, _ in state(drv, "whales")}
     assert whales[images[0]] == "same"
-    assert drv.find_element(By.ID, "wm-status").text.startswith("3 of 9 decided")
+    assert drv.find_element(By.ID, "wm-status").text.startswith("3 of 10 decided")
     drv.save_screenshot(str(shots / "1-decided.png"))
 
     drv.refresh()
@@ -202,10 +202,15 @@ def test_decisions_are_clicked_kept_over_a_reload_exported_and_keyed(browser, se
     stored = drv.execute_script("return JSON.parse(localStorage.getItem(window.whalematchReview.storeKey))")
     assert stored["page"].endswith("/out/report.html") and len(stored["decisions"]) == 6
 
+    # "Is it a new whale?": a row without a candidate, exported with the decision "new whale".
+    button(drv, "new-whale", 1, "new whale").click()
+    new = [r for r in export(drv) if r["decision"] == "new whale"]
+    assert [(r["query_image"], r["candidate_image"]) for r in new] == [(str(tmp_path / "new.png"), "")]
+
     # A new run writes a new page at the same place: its decisions start afresh (stored by file and run).
     assert main(search_args) == 0
     open_page(drv, page)
-    assert drv.find_element(By.ID, "wm-status").text.startswith("0 of 9 decided")
+    assert drv.find_element(By.ID, "wm-status").text.startswith("0 of 10 decided")
     assert not any(d for _, d, _ in state(drv, "candidates"))
     print(f"\nscreenshots: {shots}")
 
@@ -304,3 +309,40 @@ def test_page_of_2000_candidates_stays_usable(browser, tmp_path):
             f"{reload_ready:.0f} ms); sorting by a column {sort_ms:.0f} ms; a decision by key {decide_ms:.1f} ms")
     (kept / "render-time.txt").write_text(line + "\n")
     print(f"\n{line}")
+
+
+def test_a_sightings_decision_is_exported_for_each_of_its_photos_and_applies_to_them_all(browser, tmp_path):
+    """The page of a sighting of two photos: Same on a whale, or New whale, stands for both photos, and
+    apply-decisions gives both the whale (or one new id)."""
+    write_catalogue(tmp_path / "cat")
+    new = tmp_path / "new"
+    for name, angle in (("a", -5.0), ("b", 4.0)):
+        save_rgb(new / f"{name}.png", warp_affine(textured_image(101), angle=angle, scale=0.95)[0])
+    pd.DataFrame([{"image_id": n, "path": f"{n}.png", "viewpoint": "top", "encounter_id": "e7"}
+                  for n in ("a", "b")]).to_csv(new / "new.csv", index=False)
+    out = tmp_path / "out"
+    assert main(["search", "--batch", str(new / "new.csv"), "--catalogue", str(tmp_path / "cat"), "--preset", PRESET,
+                 "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--top", "1", "--quiet"]) == 0
+    page = out / "sightings" / "encounter_e7" / "report.html"
+    open_page(browser, page)
+    whales = pd.read_csv(out / "encounters.csv", keep_default_na=False)
+    assert whales["best_whale"].iloc[0] == "whale1"
+    button(browser, "whales", 1, "same").click()  # the sighting's best whale
+    rows = export(browser)
+    assert sorted(r["query_image"] for r in rows) == [str(new / "a.png"), str(new / "b.png")]  # files: found anywhere
+    assert {r["candidate_whale"] for r in rows} == {"whale1"} and {r["sighting"] for r in rows} == {"encounter e7"}
+    decisions = tmp_path / "elsewhere" / "decisions.csv"
+    decisions.parent.mkdir()
+    with open(decisions, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
+        w.writeheader()
+        w.writerows(rows)
+    assert main(["apply-decisions", str(decisions), "--metadata", str(tmp_path / "cat" / "metadata.csv"),
+                 "--new-photos", str(new), "--output", str(tmp_path / "cat" / "new.csv")]) == 0
+    table = pd.read_csv(tmp_path / "cat" / "new.csv", keep_default_na=False)
+    assert table.set_index("image_id").loc[["a", "b"], "whale_id"].tolist() == ["whale1", "whale1"]
+    # the other answer: New whale, for the sighting, gives both photos one new id
+    button(browser, "new-whale", 1, "new whale").click()
+    new_rows = [r for r in export(browser) if r["decision"] == "new whale"]
+    assert sorted(r["query_image"] for r in new_rows) == [str(new / "a.png"), str(new / "b.png")]
+    assert {r["candidate_image"] for r in new_rows} == {""}

@@ -148,6 +148,7 @@ def sighting_page(cur: Curator, found: sightings.Identified, results: list[searc
     sighting), and its whales ranked by the evidence of all its photos, each with its best pair's picture."""
     page = out / "report.html"
     by_pair = {(r.query.id, row["image_b"]): row for r in results for row in r.rows if not row.get("error")}
+    path_of = {r.query.id: search.decided_as(r.query) for r in results}
     whales = []
     for w in found.ranking.head(max(args.top, 20)).to_dict("records"):
         best = by_pair.get((w["best_photo"], w["best_candidate"]), {})
@@ -155,7 +156,8 @@ def sighting_page(cur: Curator, found: sightings.Identified, results: list[searc
                        "best_photo": w["best_photo"], "best_image": w["best_candidate"],
                        "n_inliers": int(w["best_inliers"]), "photos_matching": int(w["photos"]),
                        "picture": best.get("picture", ""), "probability": best.get("probability"),
-                       "sighting": found.sighting.id, "photos": found.searched})
+                       "sighting": found.sighting.id, "photos": [path_of[i] for i in found.searched],
+                       "best_photo_file": path_of[w["best_photo"]]})
     tables = [search.new_whale_table(results, page, found.sighting.id, found.p_new_whale),
               report.Table("Whales of the sighting",
                            [report.Column("rank", "#", "int"), report.Column("whale_id", "whale"),
@@ -168,7 +170,7 @@ def sighting_page(cur: Curator, found: sightings.Identified, results: list[searc
                            report.pictures_relative(whales, page), table_id="whales",
                            note="each whale scored by the evidence of all its verified images over every photo of "
                                 "the sighting; a decision on a row is exported for every photo of the sighting",
-                           review=Review("best_image", "whale_id", query="best_photo", sighting="sighting",
+                           review=Review("best_image", "whale_id", query="best_photo_file", sighting="sighting",
                                          photos="photos"))]
     photos = ", ".join(p.id for p in found.sighting.photos)
     summary = [f"sighting {found.sighting.id}: {len(found.sighting.photos)} new photos ({photos}), "

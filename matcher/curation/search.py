@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections import Counter
@@ -133,18 +134,24 @@ def labelled_same(rows: list[dict]) -> int:
     return sum(1 for r in rows if not r.get("error") and r.get("verdict") in ("same whale", "probably same whale"))
 
 
+def decided_as(photo: Photo) -> str:
+    """How a page's decisions name a new photo: its file's absolute path, which apply-decisions finds from
+    anywhere (an id from a new photos' CSV, or a path relative to where the search ran, would not be)."""
+    return os.path.abspath(photo.path)
+
+
 def new_whale_table(results: list[SearchResult], page: Path, sighting: str = "",
                     p_new_whale: float | None = None) -> report.Table:
     """The page's question "is this a new whale?": one row for the new photo or, with ``sighting``, one for the
     sighting's photos together (exported once per photo, so apply-decisions gives them one new id)."""
     if sighting:
         best = max((r.whales[0] for r in results if r.whales), key=lambda w: w["score"], default=None)
-        rows = [{"photo": f"sighting {sighting} ({len(results)} photos)", "query": results[0].query.id,
-                 "photos": [r.query.id for r in results], "p_new_whale": p_new_whale,
+        rows = [{"photo": f"sighting {sighting} ({len(results)} photos)", "query": decided_as(results[0].query),
+                 "photos": [decided_as(r.query) for r in results], "p_new_whale": p_new_whale,
                  "best_whale": best["whale_id"] if best else "", "best_score": best["score"] if best else None,
                  "sighting": sighting}]
     else:
-        rows = [{"photo": r.query.id, "query": r.query.id, "photos": [], "p_new_whale": r.p_new_whale,
+        rows = [{"photo": r.query.id, "query": decided_as(r.query), "photos": [], "p_new_whale": r.p_new_whale,
                  "best_whale": r.whales[0]["whale_id"] if r.whales else "",
                  "best_score": r.whales[0]["score"] if r.whales else None, "sighting": ""} for r in results]
     return report.Table(
@@ -181,14 +188,14 @@ def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int,
             note="each whale scored by the evidence of all its verified images (the best, then half the second, "
                  "a quarter the third...); a decision here is on its best image, and shows on that image's row below "
                  "too",
-            review=Review("best_image", "whale_id", query_value=result.query.id)))
+            review=Review("best_image", "whale_id", query_value=decided_as(result.query))))
     cand_cols = [c for c in report.PAIR_COLUMNS if c.key != "image_a"]
     cand_cols.insert(2, report.Column("whale_id", "whale"))
     tables.append(report.Table("Catalogue images", cand_cols, report.pictures_relative(rows[: max(top, 50)], page),
                                table_id="candidates",
                                note=f"best {min(len(rows), max(top, 50))} of {len(rows)}; pictures for the best "
                                     f"{top} (and for each listed whale's best image)",
-                               review=Review("image_b", "whale_id", query_value=result.query.id)))
+                               review=Review("image_b", "whale_id", query_value=decided_as(result.query))))
     return report.write(report.Report(f"whalematch: candidates for {Path(result.query.id).name}", summary, tables,
                                       report.relative(query_pic, page), f"new photo: {result.query.id}"), page)
 
