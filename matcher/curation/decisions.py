@@ -203,8 +203,8 @@ def plan_changes(decisions: list[Decision], cat: Catalogue, bases: list[Path], s
     """What the decisions change in the catalogue; :class:`DataError` listing every unknown image, every new photo
     that is refused (see :meth:`Resolver.refusal`; ``sources``: the ``--new-photos`` folders) and every
     contradiction (nothing is changed then). The steps, in order: :class:`_Planning`'s methods."""
-    steps = _Planning(cat, Resolver(cat, bases, sources), ChangePlan(counts=Counter(d.decision or "comment only"
-                                                                                    for d in decisions)))
+    counts = Counter(d.decision or "comment only" for d in decisions)
+    steps = _Planning(cat, Resolver(cat.photos, cat.folder, bases, sources), ChangePlan(counts=counts))
     same, different = steps.split(steps.pairs(decisions))
     steps.merges(same)
     steps.loose_photos(same)

@@ -11,15 +11,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from ..errors import ImageError
 from ..io import images
-from ..io.catalogue import IMAGE_SUFFIXES
+from ..io.catalogue import IMAGE_SUFFIXES, Photo
 from ..io.paths import shorten, too_long
-
-if TYPE_CHECKING:  # the catalogue a decisions file is applied to (it reads no module of this one's)
-    from .decisions import Catalogue
 
 
 @dataclass(frozen=True)
@@ -38,16 +34,17 @@ class Ref:
 
 
 class Resolver:
-    """Names in a decisions file to catalogue photos or new photo files; :meth:`refusal` says why a new photo's file
-    cannot be taken (outside ``sources``, the folders new photos may come from, or not an image)."""
+    """Names in a decisions file to catalogue photos (``photos``, by image id, of the catalogue in ``folder``) or
+    new photo files; :meth:`refusal` says why a new photo's file cannot be taken (outside ``folder`` and
+    ``sources``, the folders new photos may come from, or not an image)."""
 
-    def __init__(self, cat: Catalogue, bases: list[Path], sources: list[Path] = ()):
-        self.cat = cat
+    def __init__(self, photos: dict[str, Photo], folder: Path, bases: list[Path], sources: list[Path] = ()):
+        self.photos = photos
         self.bases = bases
-        self.sources = list(dict.fromkeys(os.path.realpath(f) for f in [cat.folder, *sources]))
+        self.sources = list(dict.fromkeys(os.path.realpath(f) for f in [folder, *sources]))
         self._refusals: dict[Path, str | None] = {}
         self.by_path = {}
-        for i, p in cat.photos.items():  # by the path as written and by the file it leads to (links followed)
+        for i, p in photos.items():  # by the path as written and by the file it leads to (links followed)
             for key in (os.path.abspath(p.path), os.path.realpath(p.path)):
                 self.by_path.setdefault(os.path.normcase(key), i)
 
@@ -62,7 +59,7 @@ class Resolver:
         return None
 
     def __call__(self, value: str) -> Ref | None:
-        if value in self.cat.photos:
+        if value in self.photos:
             return Ref(image_id=value)
         f = self.file(value)
         if f is None:
@@ -70,7 +67,7 @@ class Resolver:
         known = self.by_path.get(os.path.normcase(str(f))) or self.by_path.get(os.path.normcase(os.path.realpath(f)))
         if known:
             return Ref(image_id=known)
-        same_name = self.cat.photos.get(f.stem)  # added by an earlier apply-decisions (a copy of this file)
+        same_name = self.photos.get(f.stem)  # added by an earlier apply-decisions (a copy of this file)
         if same_name is not None and same_name.path.is_file() and same_bytes(same_name.path, f):
             return Ref(image_id=same_name.id)
         return Ref(file=f)
