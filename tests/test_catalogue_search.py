@@ -72,6 +72,9 @@ def test_a_search_with_an_index_verifies_the_k_photos_stage_0_ranks_first(catalo
 
 
 def test_photos_the_index_lacks_are_described_for_the_search_and_named(catalogue, tmp_path, capsys):
+    assert main(["index", str(catalogue), "--preset", PRESET, "--cache-dir", str(tmp_path / "cache"), "--quiet",
+                 "--dry-run"]) == 0
+    assert "12 new" in capsys.readouterr().out and not list((tmp_path / "cache").glob("features/*/*/*.npz"))
     assert main(["index", str(catalogue), "--preset", PRESET, "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
     meta = pd.read_csv(catalogue / "metadata.csv")
     extra = new_view(catalogue, "img050", catalogue / "images" / "late.jpg", angle=3.0)
