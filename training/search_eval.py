@@ -51,9 +51,9 @@ class Setup:
 
 
 def setup(catalogue: Path, cache_dir: Path, max_photos: int = 3, folds: int = 5, seed: int = 0,
-          workers: int | None = None) -> Setup:
+          workers: int | None = None, train: dict | None = None) -> Setup:
     """The photos, the sightings, an engine on the cache (strength scores: no learned pair model) and the fold
-    heads (trained here once if the cache lacks them: a few minutes each)."""
+    heads (trained here once if the cache lacks them, with ``train``, default ``TRAIN``: a few minutes each)."""
     photos = read_photos(Path(catalogue) / "metadata.csv")
     engine = Engine("disk-mnn", cache_dir, "cpu", workers=workers)
     cur = Curator(engine)
@@ -62,7 +62,7 @@ def setup(catalogue: Path, cache_dir: Path, max_photos: int = 3, folds: int = 5,
     stage0, heads = {}, {}
     usable = sorted(head_photos.inputs)
     for f in range(folds):
-        pt, emb = oof_heads.trained_head(head_photos, excluded[f"fold{f}"], cache_dir, seed, dict(TRAIN))
+        pt, emb = oof_heads.trained_head(head_photos, excluded[f"fold{f}"], cache_dir, seed, dict(train or TRAIN))
         heads[f] = pt
         stage0[f] = StageZero([photos[i] for i in usable], np.stack([emb[i] for i in usable]))
     return Setup(photos, sightings(photos, max_photos, folds, seed), cur, stage0, heads)

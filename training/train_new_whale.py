@@ -2,6 +2,7 @@
 
     python -m training.train_new_whale --catalogue ../shared/belugas --cache-dir submission/cache \\
         [--k 200] [--verify-top 400] [--exhaustive] [--seed 0] [--out weights/new-whale-disk-mnn.json]
+        [--head-cross-encounter 1.0 [--head-structured 0.5]]   # fold heads trained with the cross-encounter term
 
 The development photos are played as new sightings (:mod:`training.sighting_split`: each whale's latest
 encounter searched against the catalogue without it; whales the catalogue then lacks are the new ones), and
@@ -41,6 +42,7 @@ from matcher.curation.catalogue_search import PER_WHALE
 from matcher.curation.options import DEFAULT_K
 from matcher.curation.shortlist import capped
 from training import search_eval
+from training.head_training import TRAIN, add_cross_options, train_settings
 
 REPO = Path(__file__).resolve().parents[1]
 log = logging.getLogger("train_new_whale")
@@ -209,12 +211,18 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--out", type=Path, help="the model file to write (default: no file)")
     p.add_argument("--json", type=Path, help="every figure as JSON")
+    add_cross_options(p, "head-")  # the fold heads' training (stage 0): the shipped head's settings by default
     args = p.parse_args(argv)
     config.setup_logging(False)
     for name in ("train_new_whale", "search_eval", "oof_heads", "train_global"):
         logging.getLogger(name).setLevel(logging.INFO)
     t0 = time.perf_counter()
-    s = search_eval.setup(args.catalogue, args.cache_dir, args.max_photos, seed=args.seed, workers=args.workers)
+    head_train = train_settings(args, TRAIN, "head-")
+    if args.out and head_train != TRAIN:
+        p.error("--out writes the model the product ships, whose stage 0 is the shipped head: fit it without "
+                "--head-cross-encounter (that option measures other fold heads, with no model written)")
+    s = search_eval.setup(args.catalogue, args.cache_dir, args.max_photos, seed=args.seed, workers=args.workers,
+                          train=head_train)
     returning = [x for x in s.sightings if not x.new]
     print(f"{len(s.sightings)} sightings: {len(returning)} returning ({sum(len(x.photos) for x in returning)} photos), "
           f"{len(s.sightings) - len(returning)} of whales the catalogue lacks "
@@ -242,6 +250,7 @@ def main(argv=None) -> int:
     print("\nreliability (sightings):")
     print(markdown(pd.DataFrame(figs["reliability"])))
     info = {"fitted_with": {"k": args.k, "stage0": presets.CATALOGUE_STAGE0, "max_photos": args.max_photos,
+                            **({"head_training": head_train} if head_train != TRAIN else {}),
                             "rows": int(len(rows)), "sightings": int((rows["kind"] == "sighting").sum()),
                             "new": int(rows["new"].sum())},
             "out_of_fold": {k: v for k, v in figs.items() if k != "reliability"},
