@@ -72,3 +72,16 @@ def test_encounter_batches_pair_two_encounters_against_the_same_days_other_whale
         for k, p in enumerate(pos):
             if p < 0:  # a filler: another whale photographed the same day as one of the anchors
                 assert any(dates[idx[k]] == dates[a] and labels[idx[k]] != labels[a] for a in anchors)
+
+
+def test_the_shipped_new_whale_model_is_not_fitted_on_other_fold_heads(tmp_path, capsys):
+    """``train_new_whale --head-cross-encounter`` measures other fold heads; writing the shipped model from
+    them (whose stage 0 would not be the index's head) is refused before any work."""
+    from training import train_new_whale
+
+    out = tmp_path / "model.json"
+    with pytest.raises(SystemExit) as exc:
+        train_new_whale.main(["--head-cross-encounter", "1.0", "--out", str(out), "--catalogue", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--head-cross-encounter" in capsys.readouterr().err
+    assert not out.exists()
