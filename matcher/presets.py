@@ -134,7 +134,8 @@ GLOBAL_DESCRIPTORS: dict[str, dict] = {
     "none": {"model": "none"},
 }
 # The stage 0 of a catalogue's index (whalematch index, search's shortlist): 256 bytes a photo, so an index of
-# 10^6 photos fits in memory, where ASMK keeps about 64 kB a photo (benchmarks/RESULTS.md, catalogue search).
+# 10^6 photos fits in memory, where ASMK keeps about 73 kB a photo of the development photos (benchmarks/RESULTS.md,
+# catalogue search).
 CATALOGUE_STAGE0 = "learned-disk"
 GLOBAL_BY_EXTRACTOR = {"disk": "asmk-disk"}  # stage 0 used by default, per extractor; others: off unless asked
 STAGE2_BY_PIPELINE: dict[str, str] = {}  # stage 2 used by default, per pipeline (none so far: benchmarks/RESULTS.md)

@@ -9,10 +9,19 @@ import numpy as np
 import pandas as pd
 from conftest import textured_image, warp_affine
 
+from matcher.io.images import load
+
 
 def write_image(path: Path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+def new_view(catalogue: Path, image_id: str, path: Path, angle: float = -4.0) -> Path:
+    """A new photo of a catalogue photo (``catalogue/images/<image_id>.jpg``): rotated by ``angle`` degrees and
+    scaled by 0.96, written to ``path``."""
+    write_image(path, warp_affine(load(Path(catalogue) / "images" / f"{image_id}.jpg"), angle=angle, scale=0.96)[0])
+    return path
 
 
 def make_whales(root: Path, n_whales: int = 8, per_whale: int = 3, seed: int = 0) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from scenario_factory import make_whales, write_image
+from scenario_factory import make_whales, new_view
 
 from matcher.cascade.global_descriptors import GlobalStage
 from matcher.curation.cli import main
@@ -14,8 +14,6 @@ from matcher.curation.curator import Curator
 from matcher.engine import Engine
 from matcher.features.global_head import similarity
 from matcher.io.catalogue import load_catalogue
-from matcher.io.images import load
-from matcher.synthetic import warp_affine
 
 PRESET = "disk-mnn"  # the index's stage 0 reads DISK features
 
@@ -26,11 +24,6 @@ def catalogue(tmp_path):
     meta = make_whales(root, n_whales=6, per_whale=2)
     meta.to_csv(root / "metadata.csv", index=False)
     return root
-
-
-def new_view(catalogue, image_id, path, angle=-4.0):
-    write_image(path, warp_affine(load(catalogue / "images" / f"{image_id}.jpg"), angle=angle, scale=0.96)[0])
-    return path
 
 
 def common(tmp_path, out="out"):

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from scenario_factory import make_whales, write_image
+from scenario_factory import make_whales, new_view
 
 from matcher.curation.cli import main
 from matcher.engine import Engine
-from matcher.io.images import load
-from matcher.synthetic import warp_affine
 
 PRESET = "sift-mnn"
 
@@ -21,11 +19,6 @@ def catalogue(tmp_path):
     meta = make_whales(root, n_whales=5, per_whale=2)
     meta.to_csv(root / "metadata.csv", index=False)
     return root
-
-
-def new_view(catalogue, image_id, path):
-    write_image(path, warp_affine(load(catalogue / "images" / f"{image_id}.jpg"), angle=-4.0, scale=0.96)[0])
-    return path
 
 
 def test_a_folder_of_new_photos_is_searched_in_one_go_and_each_photo_gets_its_results(catalogue, tmp_path,

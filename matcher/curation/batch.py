@@ -23,7 +23,7 @@ import pandas as pd
 from ..errors import DataError
 from ..io.catalogue import Photo, load_catalogue, resolve_photo
 from ..io.paths import checked
-from . import catalogue_search, cluster, priors, report, search, sightings
+from . import catalogue_search, cluster, priors, report, search, sightings, whale_evidence
 from .curator import Curator, PairTask, from_options, safe_name
 from .new_whale import Judge, judge_for
 from .review_page import Review
@@ -145,7 +145,7 @@ def search_batch(cur: Curator, queries: list[Photo], tasks: dict[str, list[PairT
 def sighting_page(cur: Curator, found: sightings.Identified, results: list[search.SearchResult], judge: Judge,
                   out: Path, args) -> Path:
     """``report.html`` of a sighting of several photos: is it a new whale (one row per photo, decided for the
-    sighting), and its whales ranked by the evidence of all its photos, each with its best pair's picture."""
+    sighting), and its whales ranked by their evidence over all its photos, each with its best pair's picture."""
     page = out / "report.html"
     by_pair = {(r.query.id, row["image_b"]): row for r in results for row in r.rows if not row.get("error")}
     path_of = {r.query.id: search.decided_as(r.query) for r in results}
@@ -168,8 +168,8 @@ def sighting_page(cur: Curator, found: sightings.Identified, results: list[searc
                             report.Column("probability", "P(same) of the pair", "prob"),
                             report.Column("photos_matching", "new photos with a verified image of it", "int")],
                            report.pictures_relative(whales, page), table_id="whales",
-                           note="each whale scored by the evidence of all its verified images over every photo of "
-                                "the sighting; a decision on a row is exported for every photo of the sighting",
+                           note=f"each whale scored by {whale_evidence.rule()} over every photo of the sighting; "
+                                "a decision on a row is exported for every photo of the sighting",
                            review=Review("best_image", "whale_id", query="best_photo_file", sighting="sighting",
                                          photos="photos"))]
     photos = ", ".join(p.id for p in found.sighting.photos)

@@ -81,14 +81,9 @@ class Snapshot:
     def usable(self) -> list[Entry]:
         return self.entries[: len(self.embeddings)]
 
-    def by_id(self) -> dict[str, Entry]:
-        return {e.image_id: e for e in self.entries}
-
-    def memory_bytes(self) -> int:
-        """Bytes held in memory for the rows (the embeddings' array and the rows' fields), a rough count."""
-        fields = sum(len(e.image_id) + len(e.path) + len(e.sha) + len(e.viewpoint) + len(e.whale_id) + len(e.date)
-                     + len(e.encounter_id) + len(e.error) + 2 * 8 + 11 * 8 + 56 for e in self.entries)
-        return int(self.embeddings.nbytes + fields)
+    def rows(self) -> dict[str, int]:
+        """Each usable photo's row of :attr:`embeddings`, by image id."""
+        return {e.image_id: i for i, e in enumerate(self.usable)}
 
 
 def index_path(cache_root: Path, catalogue_file: Path) -> Path:
@@ -188,12 +183,12 @@ class CatalogueIndex:
         rows = self.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM {table} ORDER BY image_id").fetchall()
         return {r[0]: Entry(*r[:3], int(r[3] or 0), *(v or "" for v in r[4:9]), r[9], r[10] or "") for r in rows}
 
-    def snapshot(self, dim: int | None = None) -> Snapshot:
-        """The published rows as arrays (one read transaction: a consistent index even during an update)."""
+    def snapshot(self) -> Snapshot:
+        """The published rows as arrays (one read transaction: a consistent index even during an update); a
+        :class:`DataError` naming the file when the embeddings are not all of one length."""
         entries = list(self.published().values())
         usable = [e for e in entries if e.usable]
-        if dim is None:
-            dim = len(usable[0].embedding) if usable else 0
+        dim = len(usable[0].embedding) if usable else 0
         bad = [e.image_id for e in usable if len(e.embedding) != dim]
         if bad:
             raise DataError(f"{self.path}: {len(bad)} embedding(s) of the wrong length (e.g. {bad[0]}); "

@@ -107,14 +107,15 @@ def query_embeddings(cur: Curator, stage0, query: Photo) -> tuple[np.ndarray | N
 def from_index(cur: Curator, stage0, catalogue: list[Photo], index: CatalogueIndex) -> StageZero:
     """The catalogue's photos lined up with the index's embeddings; photos the index lacks (or has for another
     file) described now; unusable ones left out."""
-    rows = index.published()
+    snap = index.snapshot()
+    entries, row = {e.image_id: e for e in snap.entries}, snap.rows()
     embeddings, order, stale = {}, [], []
     unusable = {}
     for p in catalogue:
-        e = rows.get(p.id)
+        e = entries.get(p.id)
         if e is not None and indexing.same_file(e, p, indexing.file_stat(p.path)):
             if e.usable:
-                embeddings[p.id] = np.frombuffer(e.embedding, np.int8)
+                embeddings[p.id] = snap.embeddings[row[p.id]]
                 cur.shas.setdefault(p.id, e.sha)
             else:
                 unusable[p.id] = e.error

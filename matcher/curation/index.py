@@ -42,7 +42,7 @@ def run(args, argv: list[str]) -> int:
     if args.dry_run:
         return 0
     t0 = time.perf_counter()
-    result = indexing.update(index, catalogue, cur, stage0, progress=not args.quiet)
+    result = indexing.update(index, catalogue, cur, stage0, progress=not args.quiet, plan=plan)
     for line in result.unusable_lines():
         print(line)
     usable = sum(1 for e in index.published().values() if e.usable)

@@ -70,9 +70,6 @@ def open_index(cache_root: Path | None, source: Path, engine: Engine, stage0: Gl
     return index if index.exists else None
 
 
-
-
-
 @dataclass
 class UpdatePlan:
     todo: list[Photo] = field(default_factory=list)  # new or changed files: to hash, extract and embed
@@ -173,10 +170,11 @@ def _entry(p: Photo, stat: tuple[int, int] | None, sha: str, embedding: bytes | 
 
 
 def update(index: CatalogueIndex, photos: list[Photo], cur: Curator, stage0, chunk: int = CHUNK,
-           progress: bool = True) -> UpdateResult:
+           progress: bool = True, plan: UpdatePlan | None = None) -> UpdateResult:
     """Bring ``index`` up to date with ``photos`` (see the module's docstring); ``stage0``: a
-    :class:`~matcher.cascade.global_descriptors.GlobalStage` with a learned head (the embeddings)."""
-    plan = plan_update(index, photos)
+    :class:`~matcher.cascade.global_descriptors.GlobalStage` with a learned head (the embeddings); ``plan``:
+    :func:`plan_update`'s of the same index and photos, when the caller has made it already."""
+    plan = plan_update(index, photos) if plan is None else plan
     index.drop_pending(p.id for p in plan.todo)  # rows of a stopped update that this one redoes
     result = UpdateResult(plan)
     published = index.published()

@@ -33,10 +33,10 @@ def rank_rows(rows: list[dict], curator: Curator) -> list[dict]:
 
 def whale_table(ranking: pd.DataFrame, rows: list[dict], whale_of: dict[str, str], curator: Curator,
                 threshold: float = 0.5) -> list[dict]:
-    """The whales of a ranking (:func:`.whale_evidence.whale_ranking`, best first by the evidence of all their
-    verified photos) as rows: the evidence and its score, the best image (the whale's strongest pair, with its
-    P and inliers), how many of the whale's images were compared and how many verify (P, or the score without a
-    calibration, at least ``threshold``)."""
+    """The whales of a ranking (:func:`.whale_evidence.whale_ranking`, best first by their evidence) as rows: the
+    evidence and its score, the best image (the whale's strongest pair, with its P and inliers), how many of the
+    whale's images were compared and how many verify (P, or the score without a calibration, at least
+    ``threshold``)."""
     labelled = [r for r in rows if not r.get("error") and whale_of.get(r["image_b"])]
     counts: Counter = Counter(whale_of[r["image_b"]] for r in labelled)
     verified: Counter = Counter(whale_of[r["image_b"]] for r in labelled if curator.confidence(r) >= threshold)
@@ -50,12 +50,6 @@ def whale_table(ranking: pd.DataFrame, rows: list[dict], whale_of: dict[str, str
                     "images_verified": verified[w["whale"]], "picture": r.get("picture", ""),
                     "note": r.get("note", "")})
     return out
-
-
-def labelled_pairs(rows: list[dict], whale_of: dict[str, str], photo: str = "") -> pd.DataFrame:
-    """The verified pairs of result rows whose catalogue photo has a whale id (:mod:`.whale_evidence`)."""
-    labelled = [r for r in rows if not r.get("error") and whale_of.get(r["image_b"])]
-    return whale_evidence.pairs_table(labelled, whale_of, photo)
 
 
 def pictured(rows: list[dict], whales: list[dict], top: int) -> list[dict]:
@@ -91,7 +85,7 @@ def search(cur: Curator, query: Photo, tasks: list[PairTask], catalogue: list[Ph
     rows = rank_rows(cur.verify(tasks), cur)
     by_id = {t.b.id: t for t in tasks}
     whale_of = {p.id: p.whale_id for p in catalogue if p.whale_id}
-    pairs = labelled_pairs(rows, whale_of) if whale_of else None
+    pairs = whale_evidence.pairs_table(rows, whale_of) if whale_of else None
     ranking = whale_evidence.whale_ranking(pairs) if whale_of else None
     whales = whale_table(ranking, rows, whale_of, cur) if whale_of else []
     cur.draw_many([(by_id[r["image_b"]], r) for r in pictured(rows, whales, top)], images_dir, outliers)
@@ -185,9 +179,8 @@ def write_page(cur: Curator, result: SearchResult, summary: list[str], top: int,
                        report.Column("images", "images compared", "int"),
                        report.Column("images_verified", "images with P or score >= 0.5", "int")],
             report.pictures_relative(whales[: max(top, 20)], page), table_id="whales",
-            note="each whale scored by the evidence of all its verified images (the best, then half the second, "
-                 "a quarter the third...); a decision here is on its best image, and shows on that image's row below "
-                 "too",
+            note=f"each whale scored by {whale_evidence.rule()}; a decision here is on its best image, and shows on "
+                 "that image's row below too",
             review=Review("best_image", "whale_id", query_value=decided_as(result.query))))
     cand_cols = [c for c in report.PAIR_COLUMNS if c.key != "image_a"]
     cand_cols.insert(2, report.Column("whale_id", "whale"))
@@ -249,7 +242,7 @@ def run(args, argv: list[str]) -> int:
               f"score {r['score']:.3f}  P {report.fmt(r['probability'], '.2f')}  {r['verdict']}"
               + (f"  ({r['note']})" if r["note"] else ""))
     if result.whales:
-        print("best whales (each by the evidence of all its verified photos):")
+        print(f"best whales (each scored by {whale_evidence.rule()}):")
         for w in result.whales[:5]:
             print(f"  {w['rank']:>3}. {w['whale_id']:<12} score {w['score']:.3f} (via {w['best_image']}, P "
                   f"{report.fmt(w['probability'], '.2f')}; {w['images_verified']}/{w['images']} images verify)")

@@ -67,8 +67,7 @@ class Identified:
 def identify(sighting: Sighting, rows_by_photo: dict[str, list[dict]], whale_of: dict[str, str],
              judge: Judge | None) -> Identified:
     """The sighting's whales from each photo's verified result rows (photos without rows take no part)."""
-    tables = [whale_evidence.pairs_table([r for r in rows_by_photo.get(p.id, []) if whale_of.get(r["image_b"])],
-                                         whale_of, p.id) for p in sighting.photos]
+    tables = [whale_evidence.pairs_table(rows_by_photo.get(p.id, []), whale_of, p.id) for p in sighting.photos]
     searched = [p.id for p in sighting.photos if rows_by_photo.get(p.id)]
     pairs = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=whale_evidence.PAIR_COLUMNS)
     ranking = whale_evidence.whale_ranking(pairs)

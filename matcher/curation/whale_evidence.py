@@ -8,8 +8,8 @@ sighting's new photos. Sums were measured too (``decay``: the k-th best pair wei
 reaches some strength by chance (a median of 11 against 15 for true pairs, out of fold), so a sum favours the
 whales photographed most, not the ones that match.
 
-A catalogue photo without a whale id counts as a whale of its own (its image id). Scores shown are
-``e / (e + 20)``, the pair score's scale.
+Only catalogue photos with a whale id take part (a photo without one names no whale to propose). Scores
+shown are ``e / (e + 20)``, the pair score's scale.
 """
 
 from __future__ import annotations
@@ -35,12 +35,20 @@ def score(evidence) -> np.ndarray:
     return e / (e + SCALE)
 
 
+def rule() -> str:
+    """How a whale's evidence is combined, in words (for pages and printouts)."""
+    if DECAY == 0:
+        return "its best verified pair"
+    return f"its verified pairs, the best counting whole and the k-th best {DECAY}^(k-1) of its strength"
+
+
 def pairs_table(rows: list[dict], whale_of: dict[str, str], photo: str = "") -> pd.DataFrame:
     """A search's result rows (``image_a`` the new photo, ``image_b`` the candidate, ``strength``,
-    ``n_inliers``; rows with an error left out) as the table :func:`photo_whales` reads."""
-    ok = [r for r in rows if not r.get("error") and r.get("strength") is not None]
+    ``n_inliers``) as the table :func:`photo_whales` reads: the verified pairs (rows with an error left out) of
+    candidates with a whale id in ``whale_of``."""
+    ok = [r for r in rows if not r.get("error") and r.get("strength") is not None and whale_of.get(r["image_b"])]
     return pd.DataFrame({"photo": [photo or r["image_a"] for r in ok], "candidate": [r["image_b"] for r in ok],
-                         "whale": [whale_of.get(r["image_b"]) or r["image_b"] for r in ok],
+                         "whale": [whale_of[r["image_b"]] for r in ok],
                          "strength": [float(r["strength"]) for r in ok],
                          "n_inliers": [int(r["n_inliers"]) for r in ok]}, columns=list(PAIR_COLUMNS))
 
